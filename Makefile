@@ -1,0 +1,44 @@
+# upyhub: `make demo` runs the main job, `make test` runs the tests.
+# Both set up what they need (apt + pip on Debian 12/13) and are no-ops when nothing changed.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MP := build/micropython
+UMQTT := build/umqtt/umqtt/simple.py
+MPY_STAMP := build/mpy/.stamp
+DEVICE_SRC := $(shell find lib firmware boards -name '*.py' 2>/dev/null)
+
+.PHONY: setup test demo bench clean distclean
+setup: $(BIN)/.stamp $(MP) $(UMQTT) $(MPY_STAMP)
+
+$(BIN)/.stamp: pyproject.toml tools/setup/venv.sh
+	bash tools/setup/venv.sh
+	touch $@
+
+$(MP): tools/setup/micropython.sh
+	bash tools/setup/micropython.sh
+	@test -x $(MP)
+
+$(UMQTT): tools/setup/umqtt.py
+	$(PY) tools/setup/umqtt.py
+
+# The tree a board receives: every device-side .py compiled with mpy-cross.
+$(MPY_STAMP): $(BIN)/.stamp $(UMQTT) $(DEVICE_SRC)
+	$(BIN)/upyhub build --board unix --out build/mpy --quiet
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/python -m upyhub.demo
+
+bench: setup
+	$(BIN)/python -m upyhub.bench
+
+clean:
+	rm -rf build/mpy build/umqtt .pytest_cache
+
+distclean: clean
+	rm -rf build $(VENV)

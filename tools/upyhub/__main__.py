@@ -1,0 +1,5 @@
+import sys
+
+from upyhub.cli import main
+
+sys.exit(main())
