@@ -27,8 +27,25 @@ def mp_path(mpy=False, extra=()):
     return os.pathsep.join(list(extra) + dirs)
 
 
+def _ensure_mpy_fresh():
+    """Recompile build/mpy when a device source is newer than it (tests run .mpy too)."""
+    stamp = ROOT / "build" / "mpy" / ".stamp"
+    sources = [p for d in ("lib", "firmware", "boards") for p in (ROOT / d).rglob("*.py")]
+    if stamp.exists() and all(p.stat().st_mtime <= stamp.stat().st_mtime for p in sources):
+        return
+    subprocess.run([str(ROOT / ".venv" / "bin" / "upyhub"), "build", "--board", "unix",
+                    "--out", str(ROOT / "build" / "mpy"), "--quiet"], check=True)
+    stamp.touch()
+
+
 @pytest.fixture(scope="session")
-def run_mp(micropython):
+def mpy_tree():
+    _ensure_mpy_fresh()
+    return ROOT / "build" / "mpy"
+
+
+@pytest.fixture(scope="session")
+def run_mp(micropython, mpy_tree):
     def run(code, *, mpy=False, heapsize=None, env=None, timeout=60, path_extra=()):
         cmd = [micropython]
         if heapsize:

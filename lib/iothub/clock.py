@@ -9,9 +9,10 @@ _EPOCH_2000 = 946684800
 BUILD_TIME = 1795910400  # 2026-11-29T00:00:00Z
 
 
-def epoch_offset():
-    # Seconds to add to time.time() to get Unix time, detected at run time.
-    return _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
+def epoch_offset(gmtime=time.gmtime):
+    # Seconds to add to time.time() to get Unix time, detected at run time
+    # (ESP32 up to ~1.22 counts from 2000, the unix port and newer boards from 1970).
+    return _EPOCH_2000 if gmtime(0)[0] == 2000 else 0
 
 
 def now():

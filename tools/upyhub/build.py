@@ -60,7 +60,7 @@ def mpy_cross(src, out, march=None):
 def build(board, out, quiet=False):
     """Compile into a fresh temporary tree, then swap it in: never a half-built output."""
     out = pathlib.Path(out)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name("%s.tmp-%d" % (out.name, os.getpid()))
     shutil.rmtree(tmp, ignore_errors=True)
     march = BOARDS[board] if board in BOARDS else None
     count = 0
@@ -72,8 +72,11 @@ def build(board, out, quiet=False):
         else:
             mpy_cross(src, dest.with_suffix(".mpy"), march)
         count += 1
-    shutil.rmtree(out, ignore_errors=True)
+    old = out.with_name("%s.old-%d" % (out.name, os.getpid()))
+    if out.exists():
+        os.replace(out, old)
     os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     if not quiet:
         print("built %d files for %s into %s" % (count, board, out))
     return count
