@@ -7,21 +7,23 @@ from iothub.crypto import hmac_sha256, b64decode, b64encode
 MAX_ID = 128
 # Device ids: ASCII letters, digits and these (IoT Hub's documented set).
 _ID_EXTRA = "-.+%_#*?!(),:=@$'"
-_HEX = "0123456789ABCDEF"
-_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_HEX = b"0123456789ABCDEF"
 _MAX_SE = 0xFFFFFFFF
 
 
 def quote(s):
     if isinstance(s, str):
         s = s.encode()
-    out = []
+    out = bytearray()
     for c in s:
-        if c in _UNRESERVED:
-            out.append(chr(c))
+        # unreserved: A-Z a-z 0-9 _ . - ~
+        if 97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57 or c in (95, 46, 45, 126):
+            out.append(c)
         else:
-            out.append("%" + _HEX[c >> 4] + _HEX[c & 15])
-    return "".join(out)
+            out.append(37)
+            out.append(_HEX[c >> 4])
+            out.append(_HEX[c & 15])
+    return out.decode()
 
 
 def _alnum(ch):
