@@ -1,0 +1,456 @@
+# Pinned root certificates on flash, with an over-the-air replacement slot that cannot
+# brick the device. Used by the session like this:
+#
+#   store = certstore.Store(root_dir)             # root_dir = the flash certs folder; never raises
+#   cadata, slot = store.roots_for_connect()      # bytes for load_verify_locations; slot "staged"|"active"|"fallback"
+#                                                 # (call it after TCP is up, right before the TLS handshake:
+#                                                 #  every hand-out of "staged" is one trial, persisted)
+#   store.tls_ok(slot)                            # TLS with the hub worked: "staged" is promoted to active,
+#                                                 # the old active kept as fallback
+#   store.tls_failed(slot)                        # TLS failed: a staged set is discarded after `tries` (3) trials;
+#                                                 # `tries` failures of active in a row -> one attempt with fallback
+#   store.stage(data, sha256_hex, source="ota")   # validate + write staged; ValueError with a clear message
+#   store.install_active(data, source="provision")  # provisioning's first write
+#   store.status()                                # dict for the `rootCerts` reported property
+#   store.problems                                # torn/corrupt slots found (and repaired) at load
+#
+# Layout: certs/{active,staged,fallback}/ each hold roots.pem (or roots.der) and manifest.json
+# {"v":1, "file", "sha256", "size", "seq", "source", "written", "notAfter", "certs":[{"cn","sha256","notAfter"}]}.
+# A slot is valid only if its manifest parses and the content's SHA-256 matches it. Slots are
+# written whole into "<slot>.tmp/" and renamed into place, so a power cut leaves either the old
+# slot, the new one, a leftover *.tmp (removed at load) or no slot; at load a missing or corrupt
+# active set is restored from fallback. Works on CPython too (the host tools write the same format).
+import binascii
+import hashlib
+import json
+import os
+
+from iothub import clock, x509
+
+ACTIVE = "active"
+STAGED = "staged"
+FALLBACK = "fallback"
+MANIFEST = "manifest.json"
+TRIALS = "trials"
+MAX_BYTES = 16384
+MAX_CERTS = 8
+TRIES = 3
+_CHUNK = 512
+
+# Tests set this to a function(op, path) called before every flash operation (to cut power there).
+_hook = None
+
+
+def _step(op, path):
+    if _hook is not None:
+        _hook(op, path)
+
+
+def _sha(data):
+    return binascii.hexlify(hashlib.sha256(data).digest()).decode()
+
+
+def _stat(path):
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _isdir(path):
+    st = _stat(path)
+    return st is not None and st[0] & 0x4000 != 0
+
+
+def _sync():
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def _remove(path):
+    _step("remove", path)
+    os.remove(path)
+
+
+def _rmtree(path):
+    if not _isdir(path):
+        if _stat(path) is not None:
+            _remove(path)
+        return
+    for name in os.listdir(path):
+        _rmtree(path + "/" + name)
+    _step("rmdir", path)
+    os.rmdir(path)
+
+
+def _rename(a, b):
+    _step("rename", b)
+    os.rename(a, b)
+
+
+def _write(path, data):
+    # Written in chunks so a cut can land mid-file (what a real power loss does).
+    _step("open", path)
+    with open(path, "wb") as f:
+        for i in range(0, len(data), _CHUNK):
+            _step("write", path)
+            f.write(data[i:i + _CHUNK])
+        _step("flush", path)
+        f.flush()
+    _sync()
+
+
+def _read(path, limit):
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError("file is larger than %d bytes" % limit)
+    return data
+
+
+def _hex64(s):
+    if not isinstance(s, str) or len(s) != 64:
+        return False
+    for c in s:
+        if c not in "0123456789abcdef":
+            return False
+    return True
+
+
+def check(data, sha256_hex=None, now=None, max_bytes=MAX_BYTES):
+    # Validate a root set before it may touch flash; returns the list of x509.Cert.
+    if not isinstance(data, (bytes, bytearray)):
+        raise ValueError("root certificates must be bytes (PEM text or DER)")
+    if not data:
+        raise ValueError("root certificate payload is empty")
+    if len(data) > max_bytes:
+        raise ValueError("root certificate payload is %d bytes, more than the limit of %d" % (len(data), max_bytes))
+    if sha256_hex is not None:
+        want = sha256_hex.lower() if isinstance(sha256_hex, str) else None
+        if not _hex64(want):
+            raise ValueError("sha256 must be 64 hexadecimal characters")
+        got = _sha(data)
+        if got != want:
+            raise ValueError("SHA-256 mismatch: the payload hashes to %s..., not %s..." % (got[:16], want[:16]))
+    certs = x509.load(data)
+    if len(certs) > MAX_CERTS:
+        raise ValueError("%d certificates is more than the limit of %d" % (len(certs), MAX_CERTS))
+    t = clock.now() if now is None else now
+    if not clock.is_set(t):
+        raise ValueError("clock is not set: cannot check the roots' validity dates; set it by NTP first")
+    for c in certs:
+        name = "'" + (c.cn or c.sha256[:16]) + "'"
+        if not c.is_ca:
+            raise ValueError(name + " is not a CA certificate (basicConstraints cA is not set)")
+        if not c.can_sign:
+            raise ValueError(name + " may not sign certificates (keyUsage lacks keyCertSign)")
+        if not c.self_issued:
+            raise ValueError(name + " is not a root (its issuer is another CA): pin roots, not intermediates")
+        if c.not_after <= t:
+            raise ValueError(name + " expired on " + x509.iso(c.not_after))
+        if c.not_before > t:
+            raise ValueError(name + " is not valid before " + x509.iso(c.not_before))
+    _tls_check(data)
+    return certs
+
+
+def _tls_check(data):
+    # Let mbedtls itself parse the set on the device: what it refuses would fail every connection.
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return
+    try:
+        import tls
+    except ImportError:
+        import ssl as tls
+    try:
+        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(data)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ValueError("the TLS stack refuses these certificates: %s" % e)
+
+
+class Store:
+    def __init__(self, root_dir, tries=TRIES, max_bytes=MAX_BYTES):
+        self.root = root_dir.rstrip("/") or "/"
+        self.tries = tries
+        self.max_bytes = max_bytes
+        self.problems = []
+        self._m = {}  # slot -> manifest of a valid slot
+        self._active_failures = 0
+        self._reload()  # never raises: a broken store is reported, never crashes boot
+
+    # ---- loading and repair
+
+    def _dir(self, slot):
+        return self.root + "/" + slot
+
+    def _problem(self, msg):
+        self.problems.append(msg)
+
+    def _read_slot(self, slot):
+        # -> manifest (valid), None (absent) or False (torn/corrupt).
+        d = self._dir(slot)
+        if _stat(d) is None:
+            return None
+        try:
+            m = json.loads(_read(d + "/" + MANIFEST, 4096))
+            if not isinstance(m, dict) or m.get("v") != 1:
+                raise ValueError("unknown manifest version")
+            if m.get("file") not in ("roots.pem", "roots.der") or not _hex64(m.get("sha256")):
+                raise ValueError("manifest fields are missing")
+            if not isinstance(m.get("seq"), int) or not isinstance(m.get("certs"), list):
+                raise ValueError("manifest fields are missing")
+            data = _read(d + "/" + m["file"], self.max_bytes)
+            if _sha(data) != m["sha256"]:
+                raise ValueError("content does not match the manifest's SHA-256")
+            return m
+        except MemoryError:
+            raise
+        except Exception as e:
+            self._problem("%s set is torn or corrupt (%s): ignored" % (slot, e))
+            return False
+
+    def _load(self):
+        if not _isdir(self.root):
+            return
+        for name in os.listdir(self.root):
+            if name.endswith(".tmp"):  # a write that never finished
+                self._problem("removed %s left by an interrupted write" % name)
+                self._drop(name)
+        for slot in (ACTIVE, STAGED, FALLBACK):
+            m = self._read_slot(slot)
+            if m is False:
+                self._drop(slot)
+            elif m is not None:
+                self._m[slot] = m
+        if ACTIVE not in self._m and FALLBACK in self._m:
+            # An interrupted promotion (or a corrupt active set): the fallback is the last set that worked.
+            self._problem("active set missing: restored the fallback set (seq %d)" % self._m[FALLBACK]["seq"])
+            try:
+                _rename(self._dir(FALLBACK), self._dir(ACTIVE))
+                self._m[ACTIVE] = self._m.pop(FALLBACK)
+            except OSError as e:
+                self._problem("could not restore the fallback set: %s" % e)
+
+    def _drop(self, name):
+        try:
+            _rmtree(self._dir(name))
+        except OSError as e:
+            self._problem("could not remove %s: %s" % (name, e))
+
+    # ---- reading
+
+    def _data(self, slot):
+        # The slot's bytes, re-checked against its manifest (flash can rot after boot).
+        m = self._m.get(slot)
+        if m is None:
+            return None
+        try:
+            data = _read(self._dir(slot) + "/" + m["file"], self.max_bytes)
+            if _sha(data) == m["sha256"]:
+                return data
+            why = "content does not match the manifest's SHA-256"
+        except OSError as e:
+            why = str(e)
+        self._problem("%s set is torn or corrupt (%s): ignored" % (slot, why))
+        del self._m[slot]
+        return None
+
+    def _trials(self):
+        m = self._m.get(STAGED)
+        try:
+            seq, n = _read(self.root + "/" + TRIALS, 64).split()
+            if int(seq) == m["seq"]:
+                return int(n)
+        except Exception:
+            pass
+        return 0
+
+    def _set_trials(self, n):
+        path = self.root + "/" + TRIALS
+        _write(path + ".tmp", ("%d %d" % (self._m[STAGED]["seq"], n)).encode())
+        _rename(path + ".tmp", path)
+
+    def roots_for_connect(self):
+        if STAGED in self._m:
+            n = self._trials()
+            if n >= self.tries and ACTIVE in self._m:
+                self.discard_staged("it failed %d TLS attempts" % n)
+            else:
+                data = self._data(STAGED)
+                if data is not None:
+                    try:
+                        self._set_trials(n + 1)
+                    except OSError as e:
+                        self._problem("could not count a staged trial: %s" % e)
+                    return data, STAGED
+                self._drop(STAGED)
+        if self._active_failures >= self.tries and FALLBACK in self._m:
+            self._active_failures = 0  # one attempt with the previous set, then back to active
+            data = self._data(FALLBACK)
+            if data is not None:
+                return data, FALLBACK
+        data = self._data(ACTIVE)
+        if data is None and FALLBACK in self._m:
+            data = self._data(FALLBACK)
+            if data is not None:
+                return data, FALLBACK
+        if data is None:
+            raise ValueError("no valid root certificates in %s: provision them (upyhub certs)" % self.root)
+        return data, ACTIVE
+
+    # ---- outcomes
+
+    def tls_ok(self, slot):
+        if slot == ACTIVE:
+            self._active_failures = 0
+        elif slot in (STAGED, FALLBACK) and slot in self._m:
+            try:
+                self._promote(slot)
+            except OSError as e:  # flash full or failing: the next boot finishes or undoes it
+                self._problem("could not promote the %s set: %s" % (slot, e))
+                self._reload()
+
+    def _reload(self):
+        self._m = {}
+        try:
+            self._load()
+        except Exception as e:
+            self._problem("certificate store could not be loaded: %r" % e)
+
+    def tls_failed(self, slot):
+        if slot == STAGED and STAGED in self._m:
+            n = self._trials()
+            if n >= self.tries and ACTIVE in self._m:
+                self.discard_staged("it failed %d TLS attempts" % n)
+        elif slot == ACTIVE:
+            self._active_failures += 1
+
+    def _promote(self, slot):
+        # staged -> active (old active -> fallback), or fallback <-> active. Each step is one
+        # rename; a cut in between leaves active missing, and _load restores it from fallback.
+        act, fb = self._dir(ACTIVE), self._dir(FALLBACK)
+        if slot == STAGED:
+            if ACTIVE in self._m:
+                _rmtree(fb)
+                _rename(act, fb)
+                self._m[FALLBACK] = self._m.pop(ACTIVE)
+            _rename(self._dir(STAGED), act)
+            self._m[ACTIVE] = self._m.pop(STAGED)
+            self._clear_trials()
+        else:
+            swap = self._dir("swap.tmp")
+            old = self._m.pop(ACTIVE, None)
+            if old is not None:
+                _rename(act, swap)
+            _rename(fb, act)
+            self._m[ACTIVE] = self._m.pop(FALLBACK)
+            if old is not None:
+                _rename(swap, fb)
+                self._m[FALLBACK] = old
+        self._active_failures = 0
+
+    def _clear_trials(self):
+        try:
+            _remove(self.root + "/" + TRIALS)
+        except OSError:
+            pass
+
+    def discard_staged(self, why="discarded"):
+        if STAGED in self._m:
+            self._problem("staged set seq %d discarded: %s" % (self._m[STAGED]["seq"], why))
+            del self._m[STAGED]
+        self._drop(STAGED)
+        self._clear_trials()
+
+    # ---- writing
+
+    def _manifest(self, data, certs, source):
+        seq = 0
+        for m in self._m.values():
+            seq = max(seq, m["seq"])
+        return {
+            "v": 1,
+            "file": "roots.pem" if x509.is_pem(data) else "roots.der",
+            "sha256": _sha(data),
+            "size": len(data),
+            "seq": seq + 1,
+            "source": str(source)[:32],
+            "written": clock.now(),
+            "notAfter": min(c.not_after for c in certs),
+            "certs": [{"cn": c.cn[:64], "sha256": c.sha256, "notAfter": c.not_after} for c in certs],
+        }
+
+    def _write_slot(self, slot, data, m):
+        if not _isdir(self.root):
+            _step("mkdir", self.root)
+            os.mkdir(self.root)
+        try:
+            self._write_slot_steps(slot, data, m)
+        except OSError:
+            self._reload()  # the flash decides what is valid, as on boot
+            raise
+
+    def _write_slot_steps(self, slot, data, m):
+        tmp = self._dir(slot + ".tmp")
+        _rmtree(tmp)
+        _step("mkdir", tmp)
+        os.mkdir(tmp)
+        _write(tmp + "/" + m["file"], data)
+        _write(tmp + "/" + MANIFEST, json.dumps(m).encode())
+        if slot == ACTIVE and ACTIVE in self._m:
+            _rmtree(self._dir(FALLBACK))
+            self._m.pop(FALLBACK, None)
+            _rename(self._dir(ACTIVE), self._dir(FALLBACK))
+            self._m[FALLBACK] = self._m.pop(ACTIVE)
+        else:
+            _rmtree(self._dir(slot))
+            self._m.pop(slot, None)
+        _rename(tmp, self._dir(slot))
+        self._m[slot] = m
+
+    def stage(self, data, sha256_hex, source="ota"):
+        # -> the manifest written (or the active one, unchanged, when data is already active).
+        data = bytes(data) if isinstance(data, bytearray) else data
+        certs = check(data, sha256_hex, max_bytes=self.max_bytes)
+        act = self._m.get(ACTIVE)
+        if act is not None and act["sha256"] == sha256_hex.lower():
+            return act
+        self._write_slot(STAGED, data, self._manifest(data, certs, source))
+        self._clear_trials()
+        return self._m[STAGED]
+
+    def install_active(self, data, source="provision"):
+        data = bytes(data) if isinstance(data, bytearray) else data
+        certs = check(data, max_bytes=self.max_bytes)
+        self._write_slot(ACTIVE, data, self._manifest(data, certs, source))
+        self._active_failures = 0
+        return self._m[ACTIVE]
+
+    # ---- reporting
+
+    def slot(self, slot):
+        return self._m.get(slot)
+
+    def status(self):
+        # The `rootCerts` reported property: active fingerprints and earliest expiry, plus the trial state.
+        act = self._m.get(ACTIVE)
+        out = {"active": None, "earliestExpiry": None, "staged": None, "fallback": None, "problems": self.problems[-5:]}
+        if act is not None:
+            out["active"] = {
+                "seq": act["seq"],
+                "source": act.get("source"),
+                "certs": [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": x509.iso(c["notAfter"])} for c in act["certs"]],
+            }
+            out["earliestExpiry"] = x509.iso(act["notAfter"])
+        st = self._m.get(STAGED)
+        if st is not None:
+            out["staged"] = {"seq": st["seq"], "sha256": st["sha256"], "trials": self._trials(), "maxTrials": self.tries}
+        fb = self._m.get(FALLBACK)
+        if fb is not None:
+            out["fallback"] = {"seq": fb["seq"], "fingerprints": [c["sha256"] for c in fb["certs"]]}
+        return out

@@ -1,0 +1,103 @@
+# Root rotation over the air: the `updateRootCerts` direct method, the `rootCerts` reported
+# property and the expiry watch. The session calls:
+#   status, body = rootupdate.handle(store, payload)   # on $iothub/methods/POST/updateRootCerts
+#   twin patch {"rootCerts": rootupdate.report(store, warn_days)}
+#   alert = rootupdate.expiring(store, warn_days)       # list, empty when nothing expires soon
+# Payload: {"pem": "<PEM text>", "sha256": "<hex>"} or {"der": "<base64 DER>", "sha256": "<hex>"}.
+import json
+
+from iothub import clock, crypto, x509
+
+METHOD = "updateRootCerts"
+DAY = 86400
+
+
+def _refuse(msg, status=400):
+    return status, {"status": "refused" if status < 500 else "error", "message": msg}
+
+
+def _payload(payload, max_bytes):
+    # -> (bytes of the root set, sha256 hex), or raises ValueError with what is wrong with the request.
+    if isinstance(payload, (bytes, bytearray, str)):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            raise ValueError("payload is not JSON")
+    if not isinstance(payload, dict):
+        raise ValueError('payload must be a JSON object: {"pem": ..., "sha256": ...} or {"der": ..., "sha256": ...}')
+    pem = payload.get("pem")
+    der = payload.get("der")
+    if (pem is None) == (der is None):
+        raise ValueError('give exactly one of "pem" (PEM text) or "der" (base64 DER)')
+    sha = payload.get("sha256")
+    if not isinstance(sha, str):
+        raise ValueError('"sha256" (hex SHA-256 of the PEM text or of the DER bytes) is required')
+    if pem is not None:
+        if not isinstance(pem, str):
+            raise ValueError('"pem" must be a string of PEM text')
+        if len(pem) > max_bytes:
+            raise ValueError("root certificate payload is %d bytes, more than the limit of %d" % (len(pem), max_bytes))
+        data = pem.encode()
+        if not x509.is_pem(data):
+            raise ValueError('"pem" does not hold PEM text')
+        return data, sha
+    if not isinstance(der, str):
+        raise ValueError('"der" must be a base64 string')
+    if len(der) > (max_bytes * 4) // 3 + 4:
+        raise ValueError("root certificate payload is about %d bytes, more than the limit of %d" % (len(der) * 3 // 4, max_bytes))
+    data = crypto.b64decode(der, '"der"')
+    if x509.is_pem(data):
+        raise ValueError('"der" does not decode to DER: send PEM text as "pem"')
+    return data, sha
+
+
+def handle(store, payload):
+    # -> (status, body). 200 staged (or already active), 400 refused (active set untouched), 500 flash error.
+    try:
+        data, sha = _payload(payload, store.max_bytes)
+        m = store.stage(data, sha, source="ota")
+    except ValueError as e:
+        return _refuse(str(e))
+    except MemoryError:
+        return _refuse("not enough memory to check these certificates")
+    except OSError as e:
+        return _refuse("could not write the staged set to flash: %s" % e, 500)
+    certs = [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": x509.iso(c["notAfter"])} for c in m["certs"]]
+    if m is store.slot("active"):
+        return 200, {"status": "active", "seq": m["seq"], "certs": certs, "message": "these roots are already the active set"}
+    return 200, {
+        "status": "staged",
+        "seq": m["seq"],
+        "sha256": m["sha256"],
+        "certs": certs,
+        "message": "staged %d root(s) as seq %d: the next connections use them and keep them once a TLS session "
+        "with the hub succeeds; after %d failed attempts they are discarded" % (len(certs), m["seq"], store.tries),
+    }
+
+
+def expiring(store, warn_days=30, now=None):
+    # Active roots that expire within warn_days: [{"cn","sha256","notAfter","daysLeft"}]. Empty on an unset clock.
+    t = clock.now() if now is None else now
+    act = store.slot("active")
+    if act is None or not clock.is_set(t):
+        return []
+    out = []
+    for c in act["certs"]:
+        left = c["notAfter"] - t
+        if left < warn_days * DAY:
+            out.append({"cn": c["cn"], "sha256": c["sha256"], "notAfter": x509.iso(c["notAfter"]), "daysLeft": left // DAY})
+    return out
+
+
+def report(store, warn_days=30, now=None):
+    # The `rootCerts` reported property: active fingerprints, earliest expiry, trial state, expiry warning.
+    out = store.status()
+    act = store.slot("active")
+    t = clock.now() if now is None else now
+    out["warnDays"] = warn_days
+    out["expiresInDays"] = None
+    out["expiryWarning"] = False
+    if act is not None and clock.is_set(t):
+        out["expiresInDays"] = (act["notAfter"] - t) // DAY
+        out["expiryWarning"] = act["notAfter"] - t < warn_days * DAY
+    return out
