@@ -1,0 +1,183 @@
+"""Root certificate sets on the host: inspect a bundle, build the default Azure bundle,
+and stage a set into a board's flash folder.
+
+The flash format is the device's own: `lib/iothub/certstore.py` is imported here under
+CPython, so a simulated board reads exactly what the host wrote, and a set the device would
+refuse is refused here with the device's own message.
+"""
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import sys
+import warnings
+
+import certifi
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from upyhub import paths
+from upyhub.errors import UsageError
+
+# What Azure IoT Hub chains to since 2023 (IOTHUB-FACTS.md). Taken from certifi's Mozilla
+# bundle at build time; the fingerprints only check that the package gave the right ones.
+AZURE_ROOTS = (
+    ("DigiCert Global Root G2", "cb3ccbb76031e5e0138f8dd39a23f9de47ffc35e43c1144cea27d46a5ab1cb5f"),
+    ("Microsoft RSA Root Certificate Authority 2017", "c741f70f4b2a8d88bf2e71c14122ef53ef10eba0cfa5e64cfa20f418853073e0"),
+)
+
+
+def device_modules():
+    """(certstore, x509) of the device package in lib/, imported under CPython."""
+    lib = str(paths.LIB)
+    if lib not in sys.path:
+        sys.path.insert(0, lib)
+    from iothub import certstore, x509 as dx509
+
+    return certstore, dx509
+
+
+def read_file(path, what="certificate file"):
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise UsageError("%s not found: %s" % (what, path))
+    data = p.read_bytes()
+    if not data:
+        raise UsageError("%s is empty: %s" % (what, path))
+    return data
+
+
+def load(data, name="input"):
+    """PEM bundle or one DER certificate -> list of cryptography certificates."""
+    try:
+        if data[:1] == b"\x30":  # DER SEQUENCE; anything else is read as PEM
+            return [x509.load_der_x509_certificate(data)]
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise UsageError("%s: not a PEM bundle or DER certificate" % name)
+    return certs
+
+
+def _cn(cert):
+    for oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.ORGANIZATION_NAME):
+        attrs = cert.subject.get_attributes_for_oid(oid)
+        if attrs:
+            return str(attrs[0].value)
+    return ""
+
+
+def _is_ca(cert):
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def describe(cert, now=None):
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    not_after = cert.not_valid_after_utc
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "cn": _cn(cert),
+        "sha256": hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
+        "notBefore": cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "notAfter": not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "daysLeft": (not_after - now).days,
+        "ca": _is_ca(cert),
+        "root": cert.issuer == cert.subject,
+    }
+
+
+def device_verdict(data):
+    """None if the device would accept this set as roots, else its reason (one line)."""
+    certstore, _ = device_modules()
+    try:
+        certstore.check(data)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def inspect(path):
+    data = read_file(path)
+    certs = load(data, str(path))
+    return {
+        "file": str(path),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "certs": [describe(c) for c in certs],
+        "device": device_verdict(data) or "accepted",
+    }
+
+
+def azure_bundle():
+    """PEM bytes of the default Azure roots, selected from certifi's bundle by subject and checked by fingerprint."""
+    with open(certifi.where(), "rb") as f, warnings.catch_warnings():
+        # Some other roots in Mozilla's store have non-RFC serials; they are not used here.
+        warnings.simplefilter("ignore")
+        certs = x509.load_pem_x509_certificates(f.read())
+    out = []
+    for name, fp in AZURE_ROOTS:
+        found = [c for c in certs if _cn(c) == name]
+        if len(found) != 1:
+            raise UsageError("certifi %s has %d certificates named %r (expected 1)" % (certifi.__version__, len(found), name))
+        got = hashlib.sha256(found[0].public_bytes(Encoding.DER)).hexdigest()
+        if got != fp:
+            raise UsageError("certifi's %r has fingerprint %s, not the expected %s" % (name, got, fp))
+        out.append(found[0].public_bytes(Encoding.PEM))
+    return b"".join(out)
+
+
+def write_atomic(path, data):
+    """Temp file, flush, fsync, rename: the output is whole or absent."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        raise UsageError("output is a directory: %s" % path)
+    if not p.parent.is_dir():
+        raise UsageError("output folder does not exist: %s" % p.parent)
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def certs_dir(flash):
+    """The flash folder's certificate store (config.json's certs_dir, default "certs")."""
+    flash = pathlib.Path(flash)
+    if not flash.is_dir():
+        raise UsageError("flash folder not found: %s" % flash)
+    name = "certs"
+    cfg = flash / "config.json"
+    if cfg.is_file():
+        try:
+            name = json.loads(cfg.read_text()).get("certs_dir") or "certs"
+        except (ValueError, AttributeError):
+            raise UsageError("config.json in %s is not a JSON object" % flash)
+    if not isinstance(name, str) or name.startswith("/") or ".." in name.split("/"):
+        raise UsageError("config.json certs_dir must be a relative folder name")
+    return flash / name
+
+
+def _store_write(flash, data, active, source):
+    certstore, _ = device_modules()
+    store = certstore.Store(str(certs_dir(flash)))
+    try:
+        if active:
+            return store.install_active(data, source=source)
+        return store.stage(data, hashlib.sha256(data).hexdigest(), source=source)
+    except ValueError as exc:
+        raise UsageError("refused: %s" % exc)
+
+
+def stage_local(flash, data, source="local"):
+    """Write a staged set into a flash folder (the simulated board tries it on its next connection)."""
+    return _store_write(flash, data, False, source)
+
+
+def install_local(flash, data, source="provision"):
+    """Provisioning's first write: the active set (the old one, if any, becomes the fallback)."""
+    return _store_write(flash, data, True, source)
