@@ -1,0 +1,90 @@
+"""A device (or an attacker) on the hub's MQTT endpoint, with paho-mqtt 1.6.1, and waits on conditions."""
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+from upyhub import sas
+
+WAIT = 30  # seconds: generous deadline for conditions on a loaded machine
+
+
+def wait_for(cond, timeout=WAIT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def token(hub, device_id, key, ttl=600, sr=None, policy=None, expiry=None):
+    return sas.mint(sr or "%s/devices/%s" % (hub.hostname, device_id), key,
+                    expiry or int(time.time()) + ttl, policy=policy)
+
+
+class Device:
+    """One MQTT connection; never reconnects by itself (a refusal stays a refusal)."""
+
+    def __init__(self, hub, client_id, password=None, username=None, cert=None, ca=None, tls_version=None):
+        self.client_id = client_id
+        self.messages = []
+        self.connack = None
+        self.disconnected = threading.Event()
+        self.subacks = {}
+        c = self.client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
+        user = username if username is not None else "%s/%s/?api-version=2021-04-12" % (hub.hostname, client_id)
+        c.username_pw_set(user, password)
+        ctx = ssl.create_default_context(cafile=str(ca or hub.ca_path))
+        if cert:
+            ctx.load_cert_chain(*cert)
+        c.tls_set_context(ctx)
+        c.on_connect = lambda cl, u, flags, rc: setattr(self, "connack", rc)
+        c.on_message = lambda cl, u, m: self.messages.append((m.topic, m.payload))
+        c.on_disconnect = lambda cl, u, rc: self.disconnected.set()
+        c.on_subscribe = lambda cl, u, mid, granted: self.subacks.__setitem__(mid, granted)
+        self._stop = False
+        c.connect(hub.host, hub.mqtt_port, keepalive=60)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop:
+            if self.client.loop(0.05) != mqtt.MQTT_ERR_SUCCESS:
+                self.disconnected.set()
+                return
+
+    def wait_connack(self):
+        wait_for(lambda: self.connack is not None or self.disconnected.is_set(), what="CONNACK")
+        return self.connack
+
+    @property
+    def connected(self):
+        return self.connack == 0 and not self.disconnected.is_set()
+
+    def wait_disconnected(self, timeout=WAIT):
+        assert self.disconnected.wait(timeout), "the hub did not close the connection"
+
+    def subscribe(self, *filters, qos=1):
+        rc, mid = self.client.subscribe([(f, qos) for f in filters])
+        assert rc == mqtt.MQTT_ERR_SUCCESS
+        return wait_for(lambda: self.subacks.get(mid), what="SUBACK")
+
+    def publish(self, topic, payload=b"", qos=1):
+        info = self.client.publish(topic, payload, qos=qos)
+        return info
+
+    def wait_message(self, prefix, timeout=WAIT):
+        return wait_for(lambda: next((m for m in self.messages if m[0].startswith(prefix)), None), timeout,
+                        "a message on " + prefix)
+
+    def close(self):
+        self._stop = True
+        try:
+            self.client.disconnect()
+        except Exception:
+            pass
+        self._thread.join(5)
+        self.client.socket() and self.client.socket().close()

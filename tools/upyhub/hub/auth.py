@@ -1,0 +1,163 @@
+"""Who may connect: IoT Hub's device authentication, and the service API's policy check.
+
+Results carry a reason for the hub's log; reasons never contain keys or tokens.
+CONNACK codes follow Azure: 4 (bad username or password) when the CONNECT is malformed for IoT Hub
+(username not `{hostname}/{clientId}/?...`, password not a SAS token), 5 (not authorized) when the
+credentials are well formed but do not grant this device (unknown, disabled, wrong key, expired, ...).
+"""
+import datetime
+import time
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from upyhub import sas
+from upyhub.errors import UsageError
+from upyhub.hub import pki
+
+BAD_CREDENTIALS = 4
+NOT_AUTHORIZED = 5
+
+
+class Refused(Exception):
+    def __init__(self, code, reason):
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def _scope_ok(sr, hostname, device_id=None):
+    """sr is the hub or (for devices) the device's resource URI, any case; already URL-decoded by parse."""
+    sr = sr.lower().rstrip("/")
+    allowed = {hostname.lower()}
+    if device_id is not None:
+        allowed.add(("%s/devices/%s" % (hostname, device_id)).lower())
+        allowed.add(("%s/devices/%s" % (hostname, sas.quote(device_id))).lower())
+    return sr in allowed
+
+
+def _signed_by(token, *keys_b64):
+    for k in keys_b64:
+        if k and token.valid_signature(sas.decode_key(k)):
+            return True
+    return False
+
+
+def check_username(username, client_id, hostname):
+    """`{hostname}/{deviceId}/?{anything}` with deviceId == client id (hostname in any case)."""
+    if not username:
+        raise Refused(BAD_CREDENTIALS, "no username")
+    parts = username.split("/", 2)
+    if len(parts) < 3 or parts[0].lower() != hostname.lower() or parts[1] != client_id:
+        raise Refused(BAD_CREDENTIALS, "username is not {hostname}/{clientId}/?...")
+
+
+def device(registry, hostname, client_id, username, password, peer_der, now=None):
+    """Authenticate a device CONNECT; returns a short description of the method, or raises Refused."""
+    if not client_id:
+        raise Refused(BAD_CREDENTIALS, "empty client id")
+    check_username(username, client_id, hostname)
+    dev = registry.get_device(client_id)
+    if dev is None:
+        raise Refused(NOT_AUTHORIZED, "unknown device")
+    if dev["status"] != "enabled":
+        raise Refused(NOT_AUTHORIZED, "device is disabled")
+    if password:
+        try:
+            tok = sas.parse(password.decode() if isinstance(password, bytes) else password)
+        except (UsageError, UnicodeDecodeError):
+            raise Refused(BAD_CREDENTIALS, "password is not a SAS token") from None
+        if not _scope_ok(tok.sr, hostname, client_id):
+            raise Refused(NOT_AUTHORIZED, "token is for another resource")
+        if tok.skn:
+            policy = registry.get_policy(tok.skn)
+            if policy is None:
+                raise Refused(NOT_AUTHORIZED, "token names an unknown policy")
+            if "DeviceConnect" not in policy["rights"]:
+                raise Refused(NOT_AUTHORIZED, "policy %s has no DeviceConnect" % tok.skn)
+            if not _signed_by(tok, policy["primary_key"], policy["secondary_key"]):
+                raise Refused(NOT_AUTHORIZED, "bad signature (policy %s)" % tok.skn)
+            how = "policy %s" % tok.skn
+        else:
+            if dev["auth"] != "sas":
+                raise Refused(NOT_AUTHORIZED, "device has no SAS keys (%s)" % dev["auth"])
+            if not _signed_by(tok, dev["primary_key"], dev["secondary_key"]):
+                raise Refused(NOT_AUTHORIZED, "bad signature")
+            how = "SAS"
+        if tok.expired(now):
+            raise Refused(NOT_AUTHORIZED, "token expired")
+        return how
+    if not peer_der:
+        raise Refused(NOT_AUTHORIZED, "no password and no client certificate")
+    if dev["auth"] == "selfSigned":
+        if not {dev["primary_thumb"], dev["secondary_thumb"]} & set(pki.thumbprints(peer_der)):
+            raise Refused(NOT_AUTHORIZED, "client certificate thumbprint does not match")
+        return "X.509 thumbprint"
+    if dev["auth"] == "certificateAuthority":
+        return _ca_chain(registry, client_id, peer_der)
+    raise Refused(NOT_AUTHORIZED, "device uses SAS keys, not a certificate")
+
+
+def _ca_chain(registry, device_id, der):
+    """certificateAuthority: CN = device id, issued directly by one of the hub's CAs or trusted device CAs."""
+    cert = x509.load_der_x509_certificate(der)
+    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if cns != [device_id]:
+        raise Refused(NOT_AUTHORIZED, "client certificate CN is not the device id")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise Refused(NOT_AUTHORIZED, "client certificate is not valid now")
+    store = pki.PKI(registry.data_dir)
+    cas = store.all_cas()
+    for pem in store.trust_pems():
+        try:
+            c = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            continue
+        bc = _basic_ca(c)
+        if bc:
+            cas.append(c)
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+            return "X.509 CA"
+        except (ValueError, TypeError, Exception):  # InvalidSignature and friends: try the next CA
+            continue
+    raise Refused(NOT_AUTHORIZED, "client certificate is not issued by a registered CA")
+
+
+def _basic_ca(cert):
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+# --- service side ---
+class Denied(Exception):
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def service(registry, hostname, header, need, now=None):
+    """Check an Authorization header against the policies; `need` is a set of permissions (any one suffices)."""
+    if not header:
+        raise Denied("no Authorization header")
+    try:
+        tok = sas.parse(header)
+    except UsageError:
+        raise Denied("Authorization is not a SAS token") from None
+    if not tok.skn:
+        raise Denied("token has no skn (a service call needs a shared access policy)")
+    policy = registry.get_policy(tok.skn)
+    if policy is None:
+        raise Denied("token names an unknown policy")
+    if not _scope_ok(tok.sr, hostname):
+        raise Denied("token is not for this hub")
+    if not _signed_by(tok, policy["primary_key"], policy["secondary_key"]):
+        raise Denied("bad signature (policy %s)" % tok.skn)
+    if tok.expired(now if now is not None else time.time()):
+        raise Denied("token expired")
+    if not set(need) & set(policy["rights"]):
+        raise Denied("policy %s lacks %s" % (tok.skn, " or ".join(sorted(need))))
+    return policy["name"]

@@ -1,0 +1,124 @@
+"""ServiceClient: the hub's service API from Python, standard library only.
+
+    svc = ServiceClient(connection_string, ca_path, host="127.0.0.1", port=8443)
+    svc.put_device("dev1"); svc.send_c2d("dev1", "hi", {"k": "v"}); svc.invoke_method("dev1", "reboot", {}, 10)
+
+TLS verifies the hub certificate against ca_path for the connection string's HostName while connecting
+to `host` (hub hostnames need not resolve). Tokens are minted per request from the policy key.
+Non-2xx answers raise ServiceError(status, message); invoke_method raises it for 404 (device offline)
+and 504 (no answer in time).
+"""
+import http.client
+import json
+import socket
+import ssl
+import time
+import urllib.parse
+
+from upyhub import sas
+from upyhub.errors import UsageError
+
+API = "api-version=2021-04-12"
+
+
+class ServiceError(Exception):
+    def __init__(self, status, message):
+        super().__init__("HTTP %d: %s" % (status, message))
+        self.status, self.message = status, message
+
+
+class _Conn(http.client.HTTPSConnection):
+    """HTTPS to `address` with certificate checks for `hostname`."""
+
+    def __init__(self, address, port, hostname, context, timeout):
+        super().__init__(hostname, port, context=context, timeout=timeout)
+        self._address = address
+
+    def connect(self):
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+class ServiceClient:
+    def __init__(self, connection_string, ca_path, host=None, port=None, timeout=60):
+        cs = sas.parse_connection_string(connection_string)
+        if "SharedAccessKeyName" not in cs or "SharedAccessKey" not in cs:
+            raise UsageError("a service connection string needs SharedAccessKeyName and SharedAccessKey")
+        self.hostname, self.policy, self._key = cs["HostName"], cs["SharedAccessKeyName"], cs["SharedAccessKey"]
+        self.host = host or self.hostname
+        self.port = port or 443
+        self.timeout = timeout
+        try:
+            self._ctx = ssl.create_default_context(cafile=str(ca_path))
+        except (OSError, ssl.SSLError):
+            raise UsageError("cannot read the hub CA certificate %s" % ca_path) from None
+
+    def _token(self):
+        return sas.mint(self.hostname, self._key, int(time.time()) + 3600, policy=self.policy)
+
+    def request(self, method, path, body=None, headers=None, timeout=None):
+        sep = "&" if "?" in path else "?"
+        conn = _Conn(self.host, self.port, self.hostname, self._ctx, timeout or self.timeout)
+        hdrs = {"Authorization": self._token(), "Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        try:
+            conn.request(method, path + sep + API, body=None if body is None else json.dumps(body), headers=hdrs)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        doc = json.loads(data) if data else None
+        if resp.status >= 300:
+            msg = doc.get("Message", "") if isinstance(doc, dict) else data.decode("utf-8", "replace")[:200]
+            raise ServiceError(resp.status, msg)
+        return doc
+
+    @staticmethod
+    def _q(device_id):
+        return urllib.parse.quote(device_id, safe="")
+
+    # registry
+    def get_device(self, device_id):
+        return self.request("GET", "/devices/" + self._q(device_id))
+
+    def list_devices(self):
+        return self.request("GET", "/devices")
+
+    def put_device(self, device_id, *, auth="sas", status="enabled", primary_key=None, secondary_key=None,
+                   primary_thumbprint=None, secondary_thumbprint=None, etag=None):
+        doc = {"deviceId": device_id, "status": status,
+               "authentication": {"type": auth,
+                                  "symmetricKey": {"primaryKey": primary_key, "secondaryKey": secondary_key},
+                                  "x509Thumbprint": {"primaryThumbprint": primary_thumbprint,
+                                                     "secondaryThumbprint": secondary_thumbprint}}}
+        return self.request("PUT", "/devices/" + self._q(device_id), doc, {"If-Match": etag} if etag else None)
+
+    def delete_device(self, device_id, etag=None):
+        return self.request("DELETE", "/devices/" + self._q(device_id), headers={"If-Match": etag or "*"})
+
+    # twins
+    def get_twin(self, device_id):
+        return self.request("GET", "/twins/" + self._q(device_id))
+
+    def update_twin(self, device_id, desired, etag=None):
+        return self.request("PATCH", "/twins/" + self._q(device_id), {"properties": {"desired": desired}},
+                            {"If-Match": etag} if etag else None)
+
+    # direct methods, C2D, telemetry
+    def invoke_method(self, device_id, name, payload=None, timeout=30):
+        doc = self.request("POST", "/twins/%s/methods" % self._q(device_id),
+                           {"methodName": name, "payload": payload, "responseTimeoutInSeconds": timeout},
+                           timeout=timeout + 30)
+        return doc["status"], doc["payload"]
+
+    def send_c2d(self, device_id, body, properties=None):
+        if isinstance(body, bytes):
+            body = body.decode()
+        return self.request("POST", "/devices/%s/messages/devicebound" % self._q(device_id),
+                            {"body": body, "properties": properties or {}})
+
+    def telemetry(self, device=None, since=None, wait=0):
+        q = {"since": since or 0, "wait": wait}
+        if device:
+            q["deviceId"] = device
+        return self.request("GET", "/messages/events?" + urllib.parse.urlencode(q), timeout=self.timeout + wait)

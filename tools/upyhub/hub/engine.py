@@ -1,0 +1,201 @@
+"""What IoT Hub does with device traffic: telemetry, twins, direct methods, cloud-to-device messages.
+
+The MQTT layer (broker.py) calls on_publish/on_subscribed; the service API (service.py) calls
+invoke_method/update_desired/send_c2d. Device-bound messages go only to topics the device subscribed,
+as on Azure.
+"""
+import asyncio
+import itertools
+import json
+import logging
+import urllib.parse
+
+from upyhub.hub.registry import PreconditionFailed  # noqa: F401  (re-exported for the service API)
+
+log = logging.getLogger("upyhub.hub")
+MAX_SUBSCRIPTIONS = 5
+
+
+def quote(s):
+    return urllib.parse.quote(str(s), safe="")
+
+
+def encode_bag(props):
+    return "&".join("%s=%s" % (quote(k), quote(v)) for k, v in props.items())
+
+
+def decode_bag(bag):
+    props = {}
+    for part in bag.split("&"):
+        if part:
+            k, _, v = part.partition("=")
+            props[urllib.parse.unquote(k)] = urllib.parse.unquote(v)
+    return props
+
+
+def query(topic):
+    return decode_bag(topic.partition("?")[2])
+
+
+def topic_matches(topic, flt):
+    t, f = topic.split("/"), flt.split("/")
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(t) == len(f)
+
+
+def may_subscribe(device_id, flt):
+    """A device's filters: its own devicebound, twin responses, desired patches, direct methods."""
+    levels = flt.split("/")
+    if any(("#" in lv and (lv != "#" or i != len(levels) - 1)) or ("+" in lv and lv != "+")
+           for i, lv in enumerate(levels)):
+        return False
+    prefixes = ("devices/%s/messages/devicebound/" % device_id, "$iothub/twin/res/",
+                "$iothub/twin/PATCH/properties/desired/", "$iothub/methods/POST/")
+    return any(flt.startswith(p) and len(flt) > len(p) for p in prefixes)
+
+
+class MethodError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class Hub:
+    def __init__(self, registry, hostname):
+        self.registry = registry
+        self.hostname = hostname
+        self.connections = {}  # device id -> handler (broker.HubHandler)
+        self._rids = itertools.count(1)
+        self._methods = {}  # (device id, rid) -> future
+        self._c2d_locks = {}
+        self.telemetry_event = asyncio.Event()  # set on each stored message (monitor long-poll)
+
+    # --- connections ---
+    def connected(self, handler):
+        self.connections[handler.device_id] = handler
+        self.registry.set_connected(handler.device_id, True)
+
+    def disconnected(self, handler):
+        if self.connections.get(handler.device_id) is handler:
+            del self.connections[handler.device_id]
+            self.registry.set_connected(handler.device_id, False)
+        for (dev, rid), fut in list(self._methods.items()):
+            if dev == handler.device_id and not fut.done():
+                fut.set_exception(MethodError(404, "device disconnected before answering"))
+
+    # --- device -> hub ---
+    async def on_publish(self, handler, topic, data):
+        """Handle a device PUBLISH; False means the topic is not the device's to use (close the connection)."""
+        dev = handler.device_id
+        events = "devices/%s/messages/events" % dev
+        if topic == events or topic.startswith(events + "/"):
+            props = decode_bag(topic[len(events) + 1:])
+            seq = self.registry.add_telemetry(dev, bytes(data), props)
+            self.telemetry_event.set()
+            self.telemetry_event = asyncio.Event()
+            log.debug("telemetry %s #%d", dev, seq)
+            return True
+        if topic.startswith("$iothub/twin/GET/"):
+            rid = query(topic).get("$rid", "")
+            twin = self.registry.get_twin(dev)["properties"]
+            await self.send(handler, "$iothub/twin/res/200/?$rid=%s" % quote(rid), json.dumps(twin).encode())
+            return True
+        if topic.startswith("$iothub/twin/PATCH/properties/reported/"):
+            rid = query(topic).get("$rid", "")
+            try:
+                patch = json.loads(bytes(data) or b"null")
+                if not isinstance(patch, dict):
+                    raise ValueError
+            except ValueError:
+                await self.send(handler, "$iothub/twin/res/400/?$rid=%s" % quote(rid), b"")
+                return True
+            version = self.registry.patch_reported(dev, patch)
+            await self.send(handler, "$iothub/twin/res/204/?$rid=%s&$version=%d" % (quote(rid), version), b"")
+            return True
+        if topic.startswith("$iothub/methods/res/"):
+            status = topic.split("/")[3]
+            rid = query(topic).get("$rid", "")
+            fut = self._methods.get((dev, rid))
+            if fut and not fut.done() and status.isdigit():
+                try:
+                    payload = json.loads(bytes(data)) if data else None
+                except ValueError:
+                    payload = bytes(data).decode("utf-8", "replace")
+                fut.set_result((int(status), payload))
+            return True
+        return False
+
+    async def on_subscribed(self, handler):
+        await self.flush_c2d(handler.device_id)
+
+    # --- hub -> device ---
+    async def send(self, handler, topic, data):
+        """Publish to the device if one of its subscriptions matches; True when delivered (QoS 1: acked)."""
+        qos = handler.subscription_qos(topic)
+        if qos is None:
+            return False
+        try:
+            await handler.mqtt_publish(topic, data, qos, retain=False)
+            return True
+        except Exception as exc:  # connection gone or no PUBACK: the caller keeps what must be kept
+            log.info("delivery to %s failed: %s", handler.device_id, type(exc).__name__)
+            return False
+
+    async def flush_c2d(self, device_id):
+        handler = self.connections.get(device_id)
+        if handler is None:
+            return
+        lock = self._c2d_locks.setdefault(device_id, asyncio.Lock())
+        async with lock:
+            for msg in self.registry.pending_c2d(device_id):
+                topic = "devices/%s/messages/devicebound/%s" % (device_id, encode_bag(msg["properties"]))
+                if handler.subscription_qos(topic) is None:
+                    return
+                try:
+                    await handler.mqtt_publish(topic, msg["body"], 1, retain=False)
+                except Exception as exc:
+                    log.info("C2D to %s not acknowledged (%s): kept for the next connection",
+                             device_id, type(exc).__name__)
+                    return
+                self.registry.complete_c2d(msg["seq"])
+                log.info("C2D delivered to %s", device_id)
+
+    # --- service -> device ---
+    async def send_c2d(self, device_id, body, properties):
+        seq = self.registry.enqueue_c2d(device_id, body, properties)
+        asyncio.ensure_future(self.flush_c2d(device_id))
+        return seq
+
+    async def update_desired(self, device_id, patch, if_match=None):
+        version = self.registry.patch_desired(device_id, patch, if_match)
+        if version is None:
+            return None
+        handler = self.connections.get(device_id)
+        if handler is not None:
+            body = dict({k: v for k, v in patch.items() if not k.startswith("$")}, **{"$version": version})
+            topic = "$iothub/twin/PATCH/properties/desired/?$version=%d" % version
+            asyncio.ensure_future(self.send(handler, topic, json.dumps(body).encode()))
+        return version
+
+    async def invoke_method(self, device_id, name, payload, timeout):
+        handler = self.connections.get(device_id)
+        topic = "$iothub/methods/POST/%s/?$rid=%x" % (name, 0)
+        if handler is None or handler.subscription_qos(topic) is None:
+            raise MethodError(404, "device is not online (or not subscribed to direct methods)")
+        rid = "%x" % next(self._rids)
+        fut = asyncio.get_running_loop().create_future()
+        self._methods[(device_id, rid)] = fut
+        try:
+            topic = "$iothub/methods/POST/%s/?$rid=%s" % (name, rid)
+            if not await self.send(handler, topic, json.dumps(payload).encode()):
+                raise MethodError(404, "device is not online")
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                raise MethodError(504, "the device did not answer within %ss" % timeout) from None
+        finally:
+            self._methods.pop((device_id, rid), None)

@@ -1,0 +1,252 @@
+"""The hub's test PKI: root CAs (with generations, for rotation) and the server certificate.
+
+Layout under DATA/pki/:
+  ca-N.pem, ca-N.key          root CA of generation N (never deleted: devices may still pin it)
+  server-N.pem, server-N.key  server certificate issued by CA N (chain: leaf + CA N)
+  state.json                  {"active": N, "hostname": "..."}
+  trust/*.pem                 extra client-certificate trust anchors (self-signed device certs, device CAs)
+
+Keys are ECDSA P-256 / SHA-256: what mbedtls 2.28 (MicroPython's TLS) and the Azure SDK both handle.
+"""
+import datetime
+import hashlib
+import ipaddress
+import json
+import os
+import pathlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from upyhub.errors import UsageError
+
+DEFAULT_HOSTNAME = "localhub.azure-devices.net"
+CA_DAYS = 3650
+LEAF_DAYS = 825
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _write_private(path, data):
+    """Write a private key readable by the owner only, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _write(path, data):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _name(cn):
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "upyhub local hub"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(cn):
+    key = _key()
+    now = _now()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (x509.CertificateBuilder()
+            .subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(ski, critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert, key
+
+
+def issue(ca_cert, ca_key, cn, *, server_names=(), client=False, days=LEAF_DAYS):
+    """A leaf certificate from a CA: a TLS server (SANs) or a TLS client (device, CN = device id)."""
+    key = _key()
+    now = _now()
+    builder = (x509.CertificateBuilder()
+               .subject_name(_name(cn)).issuer_name(ca_cert.subject)
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(hours=1))
+               .not_valid_after(now + datetime.timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+               .add_extension(x509.ExtendedKeyUsage(
+                   [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+    if server_names:
+        sans = []
+        for n in server_names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                sans.append(x509.DNSName(n))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def self_signed_client(cn, days=LEAF_DAYS):
+    """A self-signed device certificate (IoT Hub's `selfSigned` authentication)."""
+    key = _key()
+    now = _now()
+    cert = (x509.CertificateBuilder()
+            .subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert, key
+
+
+def cert_pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def thumbprints(der):
+    """(SHA-1, SHA-256) hex thumbprints of a DER certificate, upper case as Azure shows them."""
+    return hashlib.sha1(der).hexdigest().upper(), hashlib.sha256(der).hexdigest().upper()
+
+
+def load_cert(pem):
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise UsageError("not a PEM certificate") from None
+
+
+class PKI:
+    """The CA generations and server certificates under DATA/pki."""
+
+    def __init__(self, data_dir):
+        self.dir = pathlib.Path(data_dir) / "pki"
+        self.trust_dir = self.dir / "trust"
+        self.state_path = self.dir / "state.json"
+
+    def exists(self):
+        return self.state_path.exists()
+
+    def state(self):
+        if not self.exists():
+            raise UsageError("no hub PKI in %s: run `upyhub hub init` first" % self.dir.parent)
+        return json.loads(self.state_path.read_text())
+
+    def _save(self, state):
+        _write(self.state_path, json.dumps(state, indent=1).encode())
+
+    @property
+    def hostname(self):
+        return self.state()["hostname"]
+
+    @property
+    def active(self):
+        return self.state()["active"]
+
+    def generations(self):
+        return sorted(int(p.stem[3:]) for p in self.dir.glob("ca-*.pem"))
+
+    def ca_path(self, gen=None):
+        return self.dir / ("ca-%d.pem" % (self.active if gen is None else gen))
+
+    def server_paths(self, gen=None):
+        gen = self.active if gen is None else gen
+        return self.dir / ("server-%d.pem" % gen), self.dir / ("server-%d.key" % gen)
+
+    def pending(self):
+        """The newest generation when it is newer than the active one (created by rotate-ca, not yet active)."""
+        gens = self.generations()
+        return gens[-1] if gens and gens[-1] > self.active else None
+
+    def init(self, hostname=DEFAULT_HOSTNAME, force=False):
+        """Create CA 1 and its server certificate; never overwrites keys without force."""
+        if self.exists() and not force:
+            raise UsageError("the hub PKI already exists in %s (use --force to replace it)" % self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.trust_dir.mkdir(exist_ok=True)
+        if force:
+            for p in self.dir.glob("*-*.*"):
+                p.unlink()
+        self._new_generation(1, hostname)
+        self._save({"active": 1, "hostname": hostname})
+        return self.ca_path(1)
+
+    def _new_generation(self, gen, hostname):
+        ca, ca_key = make_ca("upyhub local hub root CA %d" % gen)
+        leaf, leaf_key = issue(ca, ca_key, hostname, server_names=(hostname, "localhost", "127.0.0.1"))
+        _write_private(self.dir / ("ca-%d.key" % gen), _key_pem(ca_key))
+        _write(self.dir / ("ca-%d.pem" % gen), cert_pem(ca))
+        _write_private(self.dir / ("server-%d.key" % gen), _key_pem(leaf_key))
+        _write(self.dir / ("server-%d.pem" % gen), cert_pem(leaf) + cert_pem(ca))
+
+    def rotate(self):
+        """Create the next CA generation and its server certificate, without activating it."""
+        st = self.state()
+        if self.pending():
+            raise UsageError("CA %d is already waiting: activate it with `upyhub hub rotate-ca --activate`"
+                             % self.pending())
+        gen = self.generations()[-1] + 1
+        self._new_generation(gen, st["hostname"])
+        return gen
+
+    def activate(self):
+        """Switch the server to the pending CA generation (a running hub picks it up for new connections)."""
+        st = self.state()
+        gen = self.pending()
+        if gen is None:
+            raise UsageError("no new CA to activate: run `upyhub hub rotate-ca` first")
+        st["active"] = gen
+        self._save(st)
+        return gen
+
+    def ca(self, gen=None):
+        """(certificate, key) of a CA generation (the active one by default)."""
+        gen = self.active if gen is None else gen
+        cert = x509.load_pem_x509_certificate(self.ca_path(gen).read_bytes())
+        key = serialization.load_pem_private_key((self.dir / ("ca-%d.key" % gen)).read_bytes(), None)
+        return cert, key
+
+    def all_cas(self):
+        return [x509.load_pem_x509_certificate(self.ca_path(g).read_bytes()) for g in self.generations()]
+
+    def issue_device_cert(self, device_id, out_dir):
+        """A client certificate for device_id from the active CA (certificateAuthority auth)."""
+        cert, key = issue(*self.ca(), device_id, client=True)
+        return self._write_pair(cert, key, out_dir, device_id)
+
+    def add_trust(self, name, pem):
+        """Trust a client certificate or device CA at the TLS layer (the registry still decides who is who)."""
+        self.trust_dir.mkdir(parents=True, exist_ok=True)
+        _write(self.trust_dir / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".pem"), pem)
+
+    def trust_pems(self):
+        return [p.read_bytes() for p in sorted(self.trust_dir.glob("*.pem"))]
+
+    @staticmethod
+    def _write_pair(cert, key, out_dir, name):
+        out = pathlib.Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        crt, kp = out / (name + ".crt"), out / (name + ".key")
+        _write_private(kp, _key_pem(key))
+        _write(crt, cert_pem(cert))
+        return crt, kp
