@@ -1,0 +1,42 @@
+# Board entry: check the configuration, bring the network and clock up, then run the sample
+# app on an IoT Hub session. Source stays small: the work is in lib/ (.mpy).
+import board
+from iothub import config, transport
+from iothub.session import Session
+
+
+def start():
+    root = board.flash_root()
+    try:
+        cfg, secrets = config.load(root)
+    except config.ConfigError as e:
+        for p in e.problems:
+            print("config:", p)
+        print("main: not starting until the configuration is fixed")
+        raise SystemExit(2)
+    wifi = cfg.get("wifi")
+
+    def net():
+        if wifi and not board.network_ok():
+            board.connect_network(wifi["ssid"], secrets.get("wifi_password") or "")
+
+    def set_clock():
+        board.set_time(cfg["ntp"])
+
+    try:
+        net()
+    except board.NetworkError as e:
+        print("main: network:", e.reason)  # the session keeps trying with backoff
+    try:
+        set_clock()
+    except board.TimeError as e:
+        print("main: clock:", e)
+    certs = transport.roots_source(root, cfg["certs_dir"])
+    s = Session(cfg, secrets, certs, root=root, net=net, network_ok=board.network_ok, set_clock=set_clock)
+    secrets = None
+    import app
+
+    app.run(s, board, cfg)
+
+
+start()

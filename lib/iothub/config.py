@@ -1,0 +1,130 @@
+# config.json + secrets.json from flash, checked field by field. The firmware never starts
+# half-configured: every problem found is listed (one line each), none of them echoes a secret.
+import json
+from iothub import sas
+from iothub.crypto import b64decode
+
+SECRET_KEYS = ("device_key", "wifi_password")
+DEFAULTS = {
+    "port": 8883,
+    "auth": "sas",
+    "token_ttl": 3600,
+    "keepalive": 60,
+    "telemetry_interval": 10,
+    "certs_dir": "certs",
+    "roots_expiry_warn_days": 30,
+    "ntp": ["pool.ntp.org"],
+    "gateway": None,
+}
+
+
+class ConfigError(Exception):
+    # .problems: one message per bad field.
+    def __init__(self, problems):
+        Exception.__init__(self, "; ".join(problems))
+        self.problems = problems
+
+
+def _read(path, what, problems):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError:
+        problems.append("%s: missing (%s)" % (what, path))
+        return None
+    except ValueError:
+        problems.append("%s: not valid JSON" % what)
+        return None
+    if not isinstance(data, dict):
+        problems.append("%s: must hold a JSON object" % what)
+        return None
+    return data
+
+
+def _int(cfg, name, lo, hi, problems):
+    v = cfg.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        problems.append("config.json: %s must be an integer from %d to %d" % (name, lo, hi))
+
+
+def _str(v):
+    return isinstance(v, str) and len(v) > 0
+
+
+def check(cfg, secrets):
+    # Returns (cfg with defaults filled in, secrets); raises ConfigError listing every problem.
+    problems = []
+    full = dict(DEFAULTS)
+    full.update(cfg)
+    cfg = full
+    for name, fn in (("hostname", sas.check_hostname), ("device_id", sas.check_device_id)):
+        try:
+            fn(cfg.get(name))
+        except ValueError as e:
+            problems.append("config.json: %s: %s" % (name, e))
+    gw = cfg.get("gateway")
+    if gw is not None and not _str(gw):
+        problems.append("config.json: gateway must be a host name or address (or absent)")
+    _int(cfg, "port", 1, 65535, problems)
+    # Tokens shorter than 10 s would be renewed faster than a TLS handshake on a board.
+    _int(cfg, "token_ttl", 10, 365 * 86400, problems)
+    # The hub caps keep-alive at 1177 s; below 5 s a board would do little but ping.
+    _int(cfg, "keepalive", 5, 1177, problems)
+    _int(cfg, "roots_expiry_warn_days", 0, 3650, problems)
+    ti = cfg.get("telemetry_interval")
+    if isinstance(ti, bool) or not isinstance(ti, (int, float)) or not 0 < ti <= 86400:
+        problems.append("config.json: telemetry_interval must be a number of seconds above 0 and at most 86400")
+    if not _str(cfg.get("certs_dir")):
+        problems.append("config.json: certs_dir must be a folder name")
+    ntp = cfg.get("ntp")
+    if not isinstance(ntp, list) or not ntp or not all(_str(s) for s in ntp):
+        problems.append("config.json: ntp must be a list of server names")
+    wifi = cfg.get("wifi")
+    if wifi is not None and (not isinstance(wifi, dict) or not _str(wifi.get("ssid"))):
+        problems.append("config.json: wifi must be an object with an ssid (or absent on wired/unix)")
+    auth = cfg.get("auth")
+    if auth not in ("sas", "x509"):
+        problems.append("config.json: auth must be \"sas\" or \"x509\"")
+    if auth == "x509":
+        x = cfg.get("x509")
+        if not isinstance(x, dict) or not _str(x.get("cert")) or not _str(x.get("key")):
+            problems.append("config.json: x509 must name the device's cert and key files (auth is x509)")
+    if secrets is not None:
+        for k in secrets:
+            if k not in SECRET_KEYS:
+                # Never print the value: it may be a policy key put there by mistake.
+                problems.append("secrets.json: unexpected entry %r (only device_key and wifi_password belong here)" % k)
+        if auth == "sas":
+            key = secrets.get("device_key")
+            if not _str(key):
+                problems.append("secrets.json: device_key is missing (auth is sas)")
+            else:
+                try:
+                    n = len(b64decode(key, "device_key"))
+                    if not 16 <= n <= 64:
+                        problems.append("secrets.json: device_key must decode to 16..64 bytes")
+                except ValueError as e:
+                    problems.append("secrets.json: %s" % e)
+        pw = secrets.get("wifi_password")
+        if pw is not None and not isinstance(pw, str):
+            problems.append("secrets.json: wifi_password must be a string")
+    if problems:
+        raise ConfigError(problems)
+    return cfg, secrets
+
+
+def load(root):
+    # root: the flash root ("/" on boards). Secrets are optional only for x509 devices.
+    root = root.rstrip("/")
+    problems = []
+    cfg = _read(root + "/config.json", "config.json", problems)
+    secrets = None
+    try:
+        open(root + "/secrets.json").close()
+        secrets = _read(root + "/secrets.json", "secrets.json", problems)
+    except OSError:
+        if cfg is not None and cfg.get("auth", "sas") == "sas":
+            problems.append("secrets.json: missing (%s/secrets.json), the device key lives there" % root)
+    if problems:
+        raise ConfigError(problems)
+    return check(cfg, secrets if secrets is not None else {})

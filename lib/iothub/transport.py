@@ -1,0 +1,121 @@
+# TLS to the hub and the umqtt client on top of it.
+# Verification is never optional: CERT_REQUIRED, the pinned roots from flash, and the hub's
+# hostname as the name to check, even when the socket goes to a gateway address (127.0.0.1).
+# umqtt never picks the TLS name: 1.3.4 calls `ussl.wrap_socket(sock, **ssl_params)` and gets our
+# params; 1.4+ calls `ssl.wrap_socket(sock, server_hostname=<connect address>)` on the object we
+# hand it as `ssl`, which ignores that name and uses ours.
+import sys
+
+try:
+    import tls as _tls  # built into 1.22+ ports; its load_verify_locations takes data positionally
+    _POSITIONAL = True
+except ImportError:
+    import ssl as _tls
+    _POSITIONAL = False
+
+CERT_REQUIRED = _tls.CERT_REQUIRED
+TIMEOUT_S = 20  # TLS handshake, and any read that stalls mid-packet
+_OK_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+class TLSError(Exception):
+    # The hub could not be verified (or offered old TLS): nothing was sent to it.
+    pass
+
+
+def context(cadata, cert=None, key=None):
+    ctx = _tls.SSLContext(_tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = CERT_REQUIRED
+    if _POSITIONAL:
+        ctx.load_verify_locations(cadata)
+    else:
+        ctx.load_verify_locations(cadata=cadata)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def wrap_socket(sock, server_side=False, key=None, cert=None, cert_reqs=None, cadata=None,
+                server_hostname=None, do_handshake=True):
+    # ussl's signature, so umqtt 1.3.4 can call it as `ussl.wrap_socket`; refuses to go unverified.
+    # cadata may be a function: the roots are then fetched once TCP is up (the cert store counts
+    # each hand-out of a staged set as one trial, so a dead network must not use trials up).
+    if callable(cadata):
+        try:
+            cadata = cadata()
+        except Exception as e:
+            sock.close()
+            raise TLSError("no usable root certificates: %s" % e)
+    if server_side or cert_reqs != CERT_REQUIRED or not cadata or not server_hostname:
+        sock.close()
+        raise TLSError("refusing TLS without CERT_REQUIRED, pinned roots and a hostname")
+    try:
+        ctx = context(cadata, cert, key)
+    except Exception as e:
+        sock.close()
+        raise TLSError("bad roots or client certificate: %s" % e)
+    try:
+        sock.settimeout(TIMEOUT_S)
+    except (AttributeError, OSError):
+        pass
+    try:
+        s = ctx.wrap_socket(sock, server_hostname=server_hostname)
+    except Exception as e:
+        sock.close()
+        raise TLSError("handshake with %s failed: %s" % (server_hostname, e))
+    try:
+        version = s.cipher()[1]
+    except AttributeError:  # ports before cipher() cannot tell; mbedtls' own minimum applies
+        version = None
+    if version is not None and version not in _OK_VERSIONS:
+        s.close()
+        raise TLSError("%s offered %s only; TLS 1.2 is the minimum" % (server_hostname, version))
+    return s
+
+
+class Wrapper:
+    # What umqtt 1.4+ takes as `ssl`: only wrap_socket is ever called on it.
+    def __init__(self, params):
+        self.params = params
+
+    def wrap_socket(self, sock, server_hostname=None, **kw):
+        return wrap_socket(sock, **self.params)
+
+
+def install_ussl():
+    # umqtt 1.3.4 does `import ussl`; give it this module only where no real ussl exists.
+    if "ussl" in sys.modules:
+        return
+    try:
+        import ussl  # noqa: F401  (an old port's own: it takes the same params)
+    except ImportError:
+        sys.modules["ussl"] = sys.modules[__name__]
+
+
+def params(hostname, cadata, cert=None, key=None):
+    p = {"server_hostname": hostname, "cert_reqs": CERT_REQUIRED, "cadata": cadata}
+    if cert:
+        p["cert"] = cert
+        p["key"] = key
+    return p
+
+
+def client(client_id, address, port, user, password, keepalive, tls_params):
+    from umqtt.simple import MQTTClient
+
+    install_ussl()
+    if callable(tls_params.get("cadata")) and sys.modules.get("ussl") is not sys.modules[__name__]:
+        tls_params["cadata"] = tls_params["cadata"]()  # a port's own ussl wants the bytes
+    w = Wrapper(tls_params)
+    try:  # 1.3.4 (and releases that accept ssl_params again)
+        return MQTTClient(client_id, address, port, user, password, keepalive, ssl=w, ssl_params=tls_params)
+    except TypeError:  # 1.4: `ssl` is an SSLContext-like object
+        return MQTTClient(client_id, address, port, user, password, keepalive, ssl=w)
+
+
+def roots_source(root, certs_dir):
+    # The root store main hands the session: roots_for_connect() -> (CA data, slot),
+    # tls_ok(slot), tls_failed(slot) (lib/iothub/certstore.py).
+    from iothub import certstore
+
+    return certstore.Store(root.rstrip("/") + "/" + certs_dir)

@@ -1,0 +1,133 @@
+"""Helpers for the firmware tests (imported by conftest.py and the tests)."""
+import base64
+import os
+import pathlib
+import queue
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+from upyhub import sim
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HUBNAME = "localhub.azure-devices.net"
+
+
+def new_key():
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+class Device:
+    """A running simulated board; its log lines are collected as they come."""
+
+    def __init__(self, flash, tree, heapsize=None, source=False):
+        self.flash = pathlib.Path(flash)
+        self.lines = []
+        self._q = queue.Queue()
+        self.proc = sim.start(flash, tree=tree, heapsize=heapsize, source=source)
+        self._t = threading.Thread(target=self._pump, daemon=True)
+        self._t.start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+        self.proc.stdout.close()
+
+    def log(self):
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern, timeout=60, count=1):
+        """Wait until `count` log lines match the regex; returns the matches."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for m in (rx.search(line) for line in list(self.lines)) if m]
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None and not self._t.is_alive():
+                raise AssertionError("device exited (%s) before %r:\n%s" % (self.proc.returncode, pattern, self.log()))
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for %r (x%d):\n%s" % (pattern, count, self.log()))
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._t.join(5)
+
+
+class Recorder:
+    """A TCP server on 127.0.0.1:0 that records every byte a client sends after (optional) TLS.
+
+    ctx None: plain TCP (answers like a broker would, with a CONNACK). The handshake outcome and
+    the application data are recorded per connection."""
+
+    def __init__(self, ctx=None):
+        self.ctx = ctx
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.received = bytearray()
+        self.handshakes = []  # "ok <version>" or the server-side error
+        self._stop = False
+        self._t = threading.Thread(target=self._serve, daemon=True)
+        self._t.start()
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        conn.settimeout(30)
+        try:
+            if self.ctx is not None:
+                try:
+                    conn = self.ctx.wrap_socket(conn, server_side=True)
+                    self.handshakes.append("ok " + conn.version())
+                except (ssl.SSLError, OSError) as e:
+                    self.handshakes.append("failed %s" % (getattr(e, "reason", None) or e))
+                    return
+            else:
+                first = conn.recv(4096)
+                self.received += first
+                conn.sendall(b"\x20\x02\x00\x00")  # what a plain MQTT broker would answer
+                conn.settimeout(3)
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                self.received += data
+                conn.settimeout(3)  # then hang up, like a broker that refuses to answer
+        except (OSError, ssl.SSLError):  # includes the idle timeout above
+            return
+        finally:
+            conn.close()
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+def server_ctx(cert, tls11=False):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(ctx)
+    if tls11:
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    return ctx

@@ -1,0 +1,72 @@
+"""Simulated boards: the real firmware on the MicroPython unix port, a folder as its flash.
+
+    write_flash(flash, hostname=..., device_id=..., device_key=..., ca_pem=..., port=..., gateway="127.0.0.1")
+    proc = start(flash)             # subprocess.Popen, stdout = the device's log lines
+    argv, env = command(flash)      # what start() runs
+
+The firmware comes from the flash folder when it holds a board image (main.py + lib/), else from
+the compiled tree `build/mpy` (`upyhub build --board unix --out build/mpy`), or with `source=True`
+from the checkout's .py files (firmware/, boards/unix/, lib/).
+"""
+import json
+import os
+import pathlib
+import subprocess
+
+from upyhub import certs, paths
+from upyhub.errors import UsageError
+
+MPY = paths.BUILD / "mpy"
+
+
+def write_flash(flash, *, hostname, device_id, ca_pem, port, device_key=None, gateway="127.0.0.1",
+                auth="sas", x509=None, **settings):
+    """config.json, secrets.json (only when there is a key) and the active root set. Returns the config."""
+    flash = pathlib.Path(flash)
+    flash.mkdir(parents=True, exist_ok=True)
+    cfg = {"hostname": hostname, "device_id": device_id, "gateway": gateway, "port": port, "auth": auth,
+           "token_ttl": 3600, "keepalive": 60, "telemetry_interval": 10, "certs_dir": "certs"}
+    if x509:
+        cfg["x509"] = x509
+    cfg.update(settings)
+    certs.write_atomic(flash / "config.json", json.dumps(cfg, indent=1).encode())
+    if device_key is not None:
+        secrets = flash / "secrets.json"
+        certs.write_atomic(secrets, json.dumps({"device_key": device_key}).encode())
+        os.chmod(secrets, 0o600)
+    certs.install_local(flash, ca_pem if isinstance(ca_pem, bytes) else ca_pem.encode())
+    return cfg
+
+
+def image(flash, source=False, tree=None):
+    """(folder holding boot.py and main.py, MICROPYPATH list) for a flash folder."""
+    flash = pathlib.Path(flash)
+    if (flash / "main.py").is_file() and (flash / "lib").is_dir():
+        return flash, [str(flash / "lib")]
+    if source:
+        return paths.FIRMWARE, [str(paths.FIRMWARE), str(paths.BOARDS / "unix"), str(paths.LIB), str(paths.UMQTT)]
+    tree = pathlib.Path(tree) if tree else MPY
+    if not (tree / "main.py").is_file():
+        raise UsageError("%s has no firmware: run `make setup` (or `upyhub build --board unix --out %s`)" % (tree, tree))
+    return tree, [str(tree / "lib")]
+
+
+def command(flash, *, source=False, heapsize=None, tree=None):
+    flash = pathlib.Path(flash).resolve()
+    if not (flash / "config.json").is_file():
+        raise UsageError("no config.json in %s: not a provisioned flash folder" % flash)
+    top, path = image(flash, source, tree)
+    # A board runs boot.py then main.py from its flash: do the same, in one interpreter.
+    code = "exec(open(%r).read())\nexec(open(%r).read())" % (str(top / "boot.py"), str(top / "main.py"))
+    argv = [paths.micropython()]
+    if heapsize:
+        argv += ["-X", "heapsize=%s" % heapsize]
+    argv += ["-c", code]
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join(path), UPYHUB_FLASH=str(flash))
+    return argv, env
+
+
+def start(flash, *, source=False, heapsize=None, tree=None, stdout=subprocess.PIPE, **kw):
+    argv, env = command(flash, source=source, heapsize=heapsize, tree=tree)
+    return subprocess.Popen(argv, env=env, cwd=str(pathlib.Path(flash).resolve()), stdout=stdout,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1, **kw)
