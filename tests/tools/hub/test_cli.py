@@ -1,0 +1,126 @@
+"""`upyhub hub ...` verbs: offline registry/PKI verbs, service-API verbs against a running hub, bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from upyhub import sas
+from hubdev import Device, token, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def run(data, *args):
+    return subprocess.run([sys.executable, "-m", "upyhub", "hub", *args, "--data", str(data)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def ok(data, *args):
+    out = run(data, *args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def bad(data, *args):
+    out = run(data, *args)
+    assert out.returncode == 2, (args, out.returncode, out.stdout, out.stderr)
+    assert out.stderr.startswith("upyhub: error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    return out.stderr
+
+
+def test_offline_verbs(tmp_path):
+    d = tmp_path / "hub"
+    bad(d, "device", "list")  # no hub yet
+    bad(d, "serve", "--port", "0")
+    assert "ca-1.pem" in ok(d, "init")
+    ca = (d / "pki" / "ca-1.pem").read_bytes()
+    assert "already exists" in bad(d, "init")
+    assert (d / "pki" / "ca-1.pem").read_bytes() == ca  # nothing overwritten
+    assert ok(d, "ca").strip() == str(d / "pki" / "ca-1.pem")
+    assert ok(d, "ca", "--pem").strip() == ca.decode().strip()
+
+    ok(d, "device", "add", "dev1")
+    shown = json.loads(ok(d, "device", "show", "dev1"))
+    assert shown["deviceId"] == "dev1" and "symmetricKey" not in shown["authentication"]
+    keys = json.loads(ok(d, "device", "show", "dev1", "--keys"))["authentication"]["symmetricKey"]
+    assert keys["primaryKey"] and keys["secondaryKey"] and keys["primaryKey"] != keys["secondaryKey"]
+    cs = sas.parse_connection_string(ok(d, "device", "show", "dev1", "--connection-string").strip())
+    assert cs == {"HostName": "localhub.azure-devices.net", "DeviceId": "dev1", "SharedAccessKey": keys["primaryKey"]}
+    for secret in keys.values():
+        assert secret not in ok(d, "device", "list") + ok(d, "device", "show", "dev1")
+
+    ok(d, "device", "disable", "dev1")
+    assert "disabled" in ok(d, "device", "list")
+    ok(d, "device", "enable", "dev1")
+    ok(d, "device", "regenerate-key", "dev1", "--key", "secondary")
+    keys2 = json.loads(ok(d, "device", "show", "dev1", "--keys"))["authentication"]["symmetricKey"]
+    assert keys2["primaryKey"] == keys["primaryKey"] and keys2["secondaryKey"] != keys["secondaryKey"]
+
+    assert "iothubowner" in ok(d, "policy", "list") and "DeviceConnect" in ok(d, "policy", "list")
+    pol = json.loads(ok(d, "policy", "show", "registryRead"))
+    assert pol == {"keyName": "registryRead", "rights": ["RegistryRead"]}
+    assert "SharedAccessKeyName=service;" in ok(d, "policy", "show", "service", "--connection-string")
+
+    # bad input: one line, exit 2, nothing written
+    bad(d, "device", "add", "dev1")  # exists
+    bad(d, "device", "add", "bad/id")
+    bad(d, "device", "add", "dev9", "--primary-key", "not base64!")
+    bad(d, "device", "add", "dev9", "--auth", "selfSigned")  # no cert or thumbprint
+    bad(d, "device", "add", "dev9", "--auth", "selfSigned", "--primary-thumbprint", "xyz")
+    bad(d, "device", "show", "nosuch")
+    bad(d, "device", "remove", "nosuch")
+    bad(d, "policy", "show", "nosuch")
+    bad(d, "ca", "--pending")
+    bad(d, "serve", "--port", "70000")
+    bad(d, "device", "frobnicate")
+    bad(d, "init", "--hostname", "not a hostname")
+    assert "dev9" not in ok(d, "device", "list")
+
+    ok(d, "device", "remove", "dev1")
+    assert "no devices" in ok(d, "device", "list")
+    assert "created CA 2" in ok(d, "rotate-ca")
+    bad(d, "rotate-ca")  # one is already waiting
+    assert "CA 2" in ok(d, "rotate-ca", "--activate")
+    assert ok(d, "ca").strip().endswith("ca-2.pem")
+    assert (d / "pki" / "ca-1.pem").read_bytes() == ca  # kept for devices still pinned to it
+    ok(d, "init", "--force")
+    assert (d / "pki" / "ca-1.pem").read_bytes() != ca
+
+
+def test_service_verbs_against_a_running_hub(hub):
+    d = hub.data_dir
+    summary = hub.log()
+    assert hub.hostname in summary and str(hub.ca_path) in summary and "mqtt_port=%d" % hub.mqtt_port in summary
+    ok(d, "device", "add", "cli-dev")
+    # offline: the C2D message is queued, the method is a 404
+    assert "queued message" in ok(d, "c2d", "send", "cli-dev", "hello", "--prop", "k=v")
+    assert hub.service.get_device("cli-dev")["cloudToDeviceMessageCount"] == 1
+    assert "404" in bad(d, "method", "invoke", "cli-dev", "reboot", "--timeout", "2")
+    twin = json.loads(ok(d, "twin", "update", "cli-dev", '{"interval": 9}'))
+    assert twin["properties"]["desired"]["interval"] == 9
+    assert json.loads(ok(d, "twin", "show", "cli-dev"))["properties"]["desired"]["interval"] == 9
+    bad(d, "twin", "update", "cli-dev", "{not json")
+    bad(d, "twin", "update", "cli-dev", "[1]")
+    bad(d, "c2d", "send", "cli-dev", "x", "--prop", "novalue")
+    bad(d, "method", "invoke", "cli-dev", "m", "--payload", "{")
+    assert "404" in bad(d, "twin", "show", "nosuch")
+    # a policy without ServiceConnect is refused by the hub
+    assert "401" in bad(d, "twin", "update", "cli-dev", "{}", "--connection-string",
+                        hub.connection_string("registryRead"))
+
+    key = json.loads(ok(d, "device", "show", "cli-dev", "--keys"))["authentication"]["symmetricKey"]["primaryKey"]
+    dev = Device(hub, "cli-dev", token(hub, "cli-dev", key))
+    try:
+        assert dev.wait_connack() == 0
+        dev.subscribe("devices/cli-dev/messages/devicebound/#")
+        _, body = dev.wait_message("devices/cli-dev/messages/devicebound/")
+        assert body == b"hello"
+        dev.publish("devices/cli-dev/messages/events/unit=C", b'{"t": 20}').wait_for_publish(30)
+        wait_for(lambda: hub.service.telemetry(device="cli-dev"))
+        lines = ok(d, "monitor", "--from-start", "--count", "1", "--device", "cli-dev").splitlines()
+        event = json.loads(lines[0])
+        assert event["deviceId"] == "cli-dev" and event["body"] == '{"t": 20}' and event["properties"] == {"unit": "C"}
+    finally:
+        dev.close()
