@@ -213,3 +213,30 @@ def test_refusals_logged_without_secrets(mhub, keys, victim):
     for secret in list(keys.values()) + [mhub.owner_cs.split("SharedAccessKey=")[1]]:
         assert secret not in log
     assert "sig=" not in log and "SharedAccessSignature" not in log
+
+
+def test_connection_dropped_when_the_token_expires(mhub, keys, victim):
+    d = Device(mhub, "other", token(mhub, "other", keys["other"], ttl=8))
+    try:
+        assert d.wait_connack() == 0
+        d.wait_disconnected(timeout=60)
+    finally:
+        d.close()
+    assert "SAS token expired" in mhub.log()
+    still_fine(mhub, victim)
+
+
+def test_disabling_a_device_drops_its_connection(mhub, victim):
+    key = mhub.add_device("soon-off")
+    d = Device(mhub, "soon-off", token(mhub, "soon-off", key))
+    try:
+        assert d.wait_connack() == 0
+        doc = mhub.service.get_device("soon-off")
+        mhub.service.put_device("soon-off", status="disabled", primary_key=key,
+                                secondary_key=doc["authentication"]["symmetricKey"]["secondaryKey"],
+                                etag=doc["etag"])
+        d.wait_disconnected()
+    finally:
+        d.close()
+    assert refused(mhub, "soon-off", token(mhub, "soon-off", key)) == 5
+    still_fine(mhub, victim)

@@ -14,7 +14,8 @@ import pytest
 from hubfixture import LocalHub
 from hubdev import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning")]
 SDK_PORT = 8883
 PORT_WAIT = 180
 

@@ -9,6 +9,7 @@ import datetime
 import time
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from upyhub import sas
@@ -52,7 +53,7 @@ def check_username(username, client_id, hostname):
 
 
 def device(registry, hostname, client_id, username, password, peer_der, now=None):
-    """Authenticate a device CONNECT; returns a short description of the method, or raises Refused."""
+    """Authenticate a device CONNECT; returns (how, token expiry or None), or raises Refused."""
     if not client_id:
         raise Refused(BAD_CREDENTIALS, "empty client id")
     check_username(username, client_id, hostname)
@@ -85,15 +86,15 @@ def device(registry, hostname, client_id, username, password, peer_der, now=None
             how = "SAS"
         if tok.expired(now):
             raise Refused(NOT_AUTHORIZED, "token expired")
-        return how
+        return how, tok.se
     if not peer_der:
         raise Refused(NOT_AUTHORIZED, "no password and no client certificate")
     if dev["auth"] == "selfSigned":
         if not {dev["primary_thumb"], dev["secondary_thumb"]} & set(pki.thumbprints(peer_der)):
             raise Refused(NOT_AUTHORIZED, "client certificate thumbprint does not match")
-        return "X.509 thumbprint"
+        return "X.509 thumbprint", None
     if dev["auth"] == "certificateAuthority":
-        return _ca_chain(registry, client_id, peer_der)
+        return _ca_chain(registry, client_id, peer_der), None
     raise Refused(NOT_AUTHORIZED, "device uses SAS keys, not a certificate")
 
 
@@ -113,14 +114,13 @@ def _ca_chain(registry, device_id, der):
             c = x509.load_pem_x509_certificate(pem)
         except ValueError:
             continue
-        bc = _basic_ca(c)
-        if bc:
+        if _basic_ca(c):
             cas.append(c)
     for ca in cas:
         try:
             cert.verify_directly_issued_by(ca)
             return "X.509 CA"
-        except (ValueError, TypeError, Exception):  # InvalidSignature and friends: try the next CA
+        except (ValueError, TypeError, InvalidSignature):  # not this CA: try the next one
             continue
     raise Refused(NOT_AUTHORIZED, "client certificate is not issued by a registered CA")
 

@@ -33,6 +33,7 @@ class HubHandler(BrokerProtocolHandler):
 
     hub = None
     device_id = None
+    expires = None  # SAS expiry (Unix s): Azure drops the connection then
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -118,7 +119,7 @@ class HubBroker(Broker):
         peer = "%s:%s" % (session.remote_address, session.remote_port)
         der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
         try:
-            how = auth.device(self.hub.registry, self.hub.hostname, cid, session.username, session.password, der)
+            how, handler.expires = auth.device(self.hub.registry, self.hub.hostname, cid, session.username, session.password, der)
         except auth.Refused as r:
             log.warning("refused %r from %s: %s (CONNACK %d)", cid, peer, r.reason, r.code)
             try:

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 import urllib.parse
 
 from upyhub.hub.registry import PreconditionFailed  # noqa: F401  (re-exported for the service API)
@@ -86,6 +87,18 @@ class Hub:
         for (dev, rid), fut in list(self._methods.items()):
             if dev == handler.device_id and not fut.done():
                 fut.set_exception(MethodError(404, "device disconnected before answering"))
+
+    async def sweep(self, period=1.0):
+        """Drop connections whose token expired, or whose device was disabled or removed (e.g. by the CLI)."""
+        while True:
+            await asyncio.sleep(period)
+            now = time.time()
+            for dev, handler in list(self.connections.items()):
+                row = self.registry.get_device(dev)
+                if handler.expires is not None and handler.expires <= now:
+                    handler.close("SAS token expired")
+                elif row is None or row["status"] != "enabled":
+                    handler.close("device disabled or removed")
 
     # --- device -> hub ---
     async def on_publish(self, handler, topic, data):
@@ -183,8 +196,7 @@ class Hub:
 
     async def invoke_method(self, device_id, name, payload, timeout):
         handler = self.connections.get(device_id)
-        topic = "$iothub/methods/POST/%s/?$rid=%x" % (name, 0)
-        if handler is None or handler.subscription_qos(topic) is None:
+        if handler is None or handler.subscription_qos("$iothub/methods/POST/%s/" % name) is None:
             raise MethodError(404, "device is not online (or not subscribed to direct methods)")
         rid = "%x" % next(self._rids)
         fut = asyncio.get_running_loop().create_future()

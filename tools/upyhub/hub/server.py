@@ -77,6 +77,7 @@ async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None):
     ports = {"mqtt_port": mqtt.port(), "https_port": https_sock.getsockname()[1]}
     (registry.data_dir / "serve.json").write_text(json.dumps(dict(ports, hostname=hostname, host=bind)))
 
+    sweeper = asyncio.ensure_future(hub.sweep())
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -95,6 +96,7 @@ async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None):
         await stop.wait()
     finally:
         log.info("stopping")
+        sweeper.cancel()
         await runner.cleanup()
         await mqtt.shutdown()
         registry.reset_connections()
