@@ -14,8 +14,9 @@
 #   store.status()                                # dict for the `rootCerts` reported property
 #   store.problems                                # torn/corrupt slots found (and repaired) at load
 #
-# Layout: certs/{active,staged,fallback}/ each hold roots.pem (or roots.der) and manifest.json
-# {"v":1, "file", "sha256", "size", "seq", "source", "written", "notAfter", "certs":[{"cn","sha256","notAfter"}]}.
+# Layout: certs/{active,staged,fallback}/ each hold roots.pem (or roots.der) and `manifest`: one line of
+# JSON {"v":1, "file", "sha256", "size", "seq", "source", "written", "notAfter", "certs":[{"cn","sha256","notAfter"}]}
+# and a second line with that line's SHA-256.
 # A slot is valid only if its manifest parses and the content's SHA-256 matches it. Slots are
 # written whole into "<slot>.tmp/" and renamed into place, so a power cut leaves either the old
 # slot, the new one, a leftover *.tmp (removed at load) or no slot; at load a missing or corrupt
@@ -25,12 +26,15 @@ import hashlib
 import json
 import os
 
-from iothub import clock, x509
+from iothub import clock
+
+# x509 is imported where a set is validated or described, not on the connect path:
+# a board keeps ~7 KB more heap for TLS while it only connects.
 
 ACTIVE = "active"
 STAGED = "staged"
 FALLBACK = "fallback"
-MANIFEST = "manifest.json"
+MANIFEST = "manifest"
 TRIALS = "trials"
 MAX_BYTES = 16384
 MAX_CERTS = 8
@@ -101,11 +105,11 @@ def _write(path, data):
 
 
 def _read(path, limit):
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
+    # Sized by stat first: read(limit) would allocate the whole limit on a small heap.
+    if os.stat(path)[6] > limit:
         raise ValueError("file is larger than %d bytes" % limit)
-    return data
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _hex64(s):
@@ -117,7 +121,21 @@ def _hex64(s):
     return True
 
 
-def check(data, sha256_hex=None, now=None, max_bytes=MAX_BYTES):
+def _format_manifest(m):
+    # Line 1 the JSON, line 2 its SHA-256: a flipped bit or a torn write anywhere is caught
+    # (MicroPython's json would even accept an object cut before its closing brace).
+    body = json.dumps(m).encode()
+    return body + b"\n" + _sha(body).encode() + b"\n"
+
+
+def _parse_manifest(raw):
+    lines = raw.split(b"\n")
+    if len(lines) != 3 or lines[2] != b"" or _sha(lines[0]).encode() != lines[1]:
+        raise ValueError("manifest is torn or altered")
+    return json.loads(lines[0])
+
+
+def check(data, sha256_hex=None, now=None, max_bytes=MAX_BYTES, tls_check=False):
     # Validate a root set before it may touch flash; returns the list of x509.Cert.
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError("root certificates must be bytes (PEM text or DER)")
@@ -132,6 +150,8 @@ def check(data, sha256_hex=None, now=None, max_bytes=MAX_BYTES):
         got = _sha(data)
         if got != want:
             raise ValueError("SHA-256 mismatch: the payload hashes to %s..., not %s..." % (got[:16], want[:16]))
+    from iothub import x509
+
     certs = x509.load(data)
     if len(certs) > MAX_CERTS:
         raise ValueError("%d certificates is more than the limit of %d" % (len(certs), MAX_CERTS))
@@ -150,12 +170,15 @@ def check(data, sha256_hex=None, now=None, max_bytes=MAX_BYTES):
             raise ValueError(name + " expired on " + x509.iso(c.not_after))
         if c.not_before > t:
             raise ValueError(name + " is not valid before " + x509.iso(c.not_before))
-    _tls_check(data)
+    if tls_check:
+        _tls_check(data)
     return certs
 
 
 def _tls_check(data):
-    # Let mbedtls itself parse the set on the device: what it refuses would fail every connection.
+    # Let mbedtls itself parse the set. Off by default: a TLS context costs ~40 KB of heap on
+    # ports whose mbedtls allocates there (unix, rp2), and the trial catches the same thing
+    # (a set mbedtls refuses fails its trials and is discarded).
     import sys
 
     if sys.implementation.name != "micropython":
@@ -174,8 +197,9 @@ def _tls_check(data):
 
 
 class Store:
-    def __init__(self, root_dir, tries=TRIES, max_bytes=MAX_BYTES):
+    def __init__(self, root_dir, tries=TRIES, max_bytes=MAX_BYTES, tls_check=False):
         self.root = root_dir.rstrip("/") or "/"
+        self.tls_check = tls_check
         self.tries = tries
         self.max_bytes = max_bytes
         self.problems = []
@@ -197,12 +221,15 @@ class Store:
         if _stat(d) is None:
             return None
         try:
-            m = json.loads(_read(d + "/" + MANIFEST, 4096))
+            m = _parse_manifest(_read(d + "/" + MANIFEST, 4096))
             if not isinstance(m, dict) or m.get("v") != 1:
                 raise ValueError("unknown manifest version")
             if m.get("file") not in ("roots.pem", "roots.der") or not _hex64(m.get("sha256")):
                 raise ValueError("manifest fields are missing")
-            if not isinstance(m.get("seq"), int) or not isinstance(m.get("certs"), list):
+            for k in ("seq", "size", "written", "notAfter"):
+                if not isinstance(m.get(k), int):
+                    raise ValueError("manifest fields are missing")
+            if not isinstance(m.get("certs"), list) or not m["certs"]:
                 raise ValueError("manifest fields are missing")
             data = _read(d + "/" + m["file"], self.max_bytes)
             if _sha(data) != m["sha256"]:
@@ -375,7 +402,7 @@ class Store:
             seq = max(seq, m["seq"])
         return {
             "v": 1,
-            "file": "roots.pem" if x509.is_pem(data) else "roots.der",
+            "file": "roots.der" if data[0] == 0x30 else "roots.pem",
             "sha256": _sha(data),
             "size": len(data),
             "seq": seq + 1,
@@ -401,7 +428,7 @@ class Store:
         _step("mkdir", tmp)
         os.mkdir(tmp)
         _write(tmp + "/" + m["file"], data)
-        _write(tmp + "/" + MANIFEST, json.dumps(m).encode())
+        _write(tmp + "/" + MANIFEST, _format_manifest(m))
         if slot == ACTIVE and ACTIVE in self._m:
             _rmtree(self._dir(FALLBACK))
             self._m.pop(FALLBACK, None)
@@ -416,7 +443,7 @@ class Store:
     def stage(self, data, sha256_hex, source="ota"):
         # -> the manifest written (or the active one, unchanged, when data is already active).
         data = bytes(data) if isinstance(data, bytearray) else data
-        certs = check(data, sha256_hex, max_bytes=self.max_bytes)
+        certs = check(data, sha256_hex, max_bytes=self.max_bytes, tls_check=self.tls_check)
         act = self._m.get(ACTIVE)
         if act is not None and act["sha256"] == sha256_hex.lower():
             return act
@@ -426,7 +453,7 @@ class Store:
 
     def install_active(self, data, source="provision"):
         data = bytes(data) if isinstance(data, bytearray) else data
-        certs = check(data, max_bytes=self.max_bytes)
+        certs = check(data, max_bytes=self.max_bytes, tls_check=self.tls_check)
         self._write_slot(ACTIVE, data, self._manifest(data, certs, source))
         self._active_failures = 0
         return self._m[ACTIVE]
@@ -438,6 +465,8 @@ class Store:
 
     def status(self):
         # The `rootCerts` reported property: active fingerprints and earliest expiry, plus the trial state.
+        from iothub import x509
+
         act = self._m.get(ACTIVE)
         out = {"active": None, "earliestExpiry": None, "staged": None, "fallback": None, "problems": self.problems[-5:]}
         if act is not None:
