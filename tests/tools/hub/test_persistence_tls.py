@@ -158,3 +158,28 @@ def test_rotate_ca_on_a_running_hub(hub):
     bundle = cli(hub, "ca", "--all").stdout
     assert bundle.count("BEGIN CERTIFICATE") == 2
     assert old_ca.exists()
+
+
+def test_device_ca_registered_with_ca_trust(mhub, tmp_path):
+    from upyhub.hub import pki
+    ca, ca_key = pki.make_ca("factory CA")
+    cert, key = pki.issue(ca, ca_key, "x-ext", client=True)
+    crt, keyf = pki.PKI.write_pair(cert, key, tmp_path, "x-ext")
+    (tmp_path / "factory.pem").write_bytes(pki.cert_pem(ca))
+    assert cli(mhub, "device", "add", "x-ext", "--auth", "certificateAuthority").returncode == 0
+    # not yet trusted: refused (at the TLS layer or with CONNACK 5)
+    try:
+        d = Device(mhub, "x-ext", None, cert=(crt, keyf))
+        try:
+            assert d.wait_connack() != 0
+        finally:
+            d.close()
+    except (ssl.SSLError, ConnectionError):
+        pass
+    assert cli(mhub, "ca", "--trust", str(crt)).returncode == 2  # a leaf is not a CA
+    assert cli(mhub, "ca", "--trust", str(tmp_path / "factory.pem")).returncode == 0
+    d = Device(mhub, "x-ext", None, cert=(crt, keyf))
+    try:
+        assert d.wait_connack() == 0
+    finally:
+        d.close()

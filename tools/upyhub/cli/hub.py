@@ -33,6 +33,8 @@ def register(sub):
     v.add_argument("--pem", action="store_true", help="print the PEM instead of the path")
     v.add_argument("--all", action="store_true", help="every CA generation (PEM bundle): for devices during rotation")
     v.add_argument("--pending", action="store_true", help="the CA created by rotate-ca and not yet active")
+    v.add_argument("--trust", metavar="PEM",
+                   help="register a device CA: certificateAuthority devices it issues (CN = device id) may connect")
 
     v = verb("rotate-ca", cmd_rotate, "create a new CA and server certificate (old CAs are kept); "
              "--activate switches the hub to it")
@@ -192,6 +194,18 @@ def cmd_init(args):
 
 def cmd_ca(args):
     p = _pki(args)
+    if args.trust:
+        from upyhub.hub import pki
+        try:
+            pem = pathlib.Path(args.trust).read_bytes()
+        except OSError as e:
+            raise UsageError("cannot read %s: %s" % (args.trust, e.strerror)) from None
+        cert = pki.load_cert(pem)
+        if not pki.is_ca(cert):
+            raise UsageError("%s is not a CA certificate (basicConstraints CA:TRUE)" % args.trust)
+        p.add_trust("ca:" + pki.thumbprints(pki.der(cert))[1], pem)
+        print("devices issued by %s may now connect as certificateAuthority devices" % cert.subject.rfc4514_string())
+        return
     if args.all:
         sys.stdout.write("".join(p.ca_path(g).read_text() for g in p.generations()))
         return
@@ -238,13 +252,11 @@ def cmd_device_add(args):
                 raise UsageError("cannot read %s: %s" % (args.cert, e.strerror)) from None
         elif args.make_cert:
             cert, key = pki.self_signed_client(args.device_id)
-            crt, _ = p._write_pair(cert, key, args.make_cert, args.device_id)
+            crt, _ = p.write_pair(cert, key, args.make_cert, args.device_id)
             cert_pem = crt.read_bytes()
             print("certificate and key written: %s (+ .key)" % crt)
         if cert_pem is not None:
-            from cryptography.hazmat.primitives import serialization
-            der = pki.load_cert(cert_pem).public_bytes(serialization.Encoding.DER)
-            ptp = ptp or pki.thumbprints(der)[1]
+            ptp = ptp or pki.thumbprints(pki.der(pki.load_cert(cert_pem)))[1]
         elif not ptp:
             raise UsageError("a selfSigned device needs --cert, --make-cert or --primary-thumbprint")
     row = reg.put_device(args.device_id, auth=args.auth, status="disabled" if args.disabled else "enabled",

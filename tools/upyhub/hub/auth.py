@@ -114,7 +114,7 @@ def _ca_chain(registry, device_id, der):
             c = x509.load_pem_x509_certificate(pem)
         except ValueError:
             continue
-        if _basic_ca(c):
+        if pki.is_ca(c):
             cas.append(c)
     for ca in cas:
         try:
@@ -123,13 +123,6 @@ def _ca_chain(registry, device_id, der):
         except (ValueError, TypeError, InvalidSignature):  # not this CA: try the next one
             continue
     raise Refused(NOT_AUTHORIZED, "client certificate is not issued by a registered CA")
-
-
-def _basic_ca(cert):
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
 
 
 # --- service side ---

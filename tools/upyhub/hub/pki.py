@@ -124,6 +124,17 @@ def cert_pem(cert):
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def der(cert):
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def is_ca(cert):
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
 def thumbprints(der):
     """(SHA-1, SHA-256) hex thumbprints of a DER certificate, upper case as Azure shows them."""
     return hashlib.sha1(der).hexdigest().upper(), hashlib.sha256(der).hexdigest().upper()
@@ -232,7 +243,7 @@ class PKI:
     def issue_device_cert(self, device_id, out_dir):
         """A client certificate for device_id from the active CA (certificateAuthority auth)."""
         cert, key = issue(*self.ca(), device_id, client=True)
-        return self._write_pair(cert, key, out_dir, device_id)
+        return self.write_pair(cert, key, out_dir, device_id)
 
     def add_trust(self, name, pem):
         """Trust a client certificate or device CA at the TLS layer (the registry still decides who is who)."""
@@ -243,7 +254,7 @@ class PKI:
         return [p.read_bytes() for p in sorted(self.trust_dir.glob("*.pem"))]
 
     @staticmethod
-    def _write_pair(cert, key, out_dir, name):
+    def write_pair(cert, key, out_dir, name):
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         crt, kp = out / (name + ".crt"), out / (name + ".key")
