@@ -1,0 +1,120 @@
+"""upyhub certs: inspect, bundle, stage-local; what the host writes is read by the device on the unix port."""
+import hashlib
+import json
+import subprocess
+import sys
+import warnings
+
+import certifi
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from certhelpers import days, make_cert, mp_json, sha, tree
+
+
+def upyhub(*args):
+    return subprocess.run([sys.executable, "-m", "upyhub", *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(proc):
+    assert proc.returncode == 2, proc
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("upyhub: error: ") and "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_bundle_is_the_two_azure_roots_from_certifi(tmp_path, run_mp):
+    out = tmp_path / "azure.pem"
+    proc = upyhub("certs", "bundle", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    certs = x509.load_pem_x509_certificates(out.read_bytes())
+    names = [c.subject.rfc4514_string() for c in certs]
+    assert [n.split(",")[0] for n in names] == ["CN=DigiCert Global Root G2", "CN=Microsoft RSA Root Certificate Authority 2017"]
+    # Byte for byte the certificates of the installed certifi (nothing pasted by hand).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mozilla = {c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(open(certifi.where(), "rb").read())}
+    assert all(c.public_bytes(Encoding.DER) in mozilla for c in certs)
+    assert not list(tmp_path.glob("*.tmp"))
+    # The device takes it as its active set.
+    code = "s = certstore.Store(%r)\ns.install_active(open(%r,'rb').read())\nprint(json.dumps(s.roots_for_connect()[1]))"
+    assert mp_json(run_mp, code % (str(tmp_path / "certs"), str(out))) == "active"
+
+
+def test_bundle_bad_output_paths(tmp_path):
+    assert "does not exist" in one_line_error(upyhub("certs", "bundle", "--out", tmp_path / "no" / "x.pem"))
+    assert "is a directory" in one_line_error(upyhub("certs", "bundle", "--out", tmp_path))
+    assert "--out" in one_line_error(upyhub("certs", "bundle"))
+
+
+def test_inspect_shows_subjects_fingerprints_and_dates(tmp_path):
+    root = make_cert("Inspect Root", not_after=days(100))
+    leaf = make_cert("leaf.example", ca=False, issuer=root)
+    p = tmp_path / "b.pem"
+    p.write_bytes(root.pem + leaf.pem)
+    proc = upyhub("certs", "inspect", p)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for c in (root, leaf):
+        assert c.sha256 in text
+        assert c.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ") in text
+    assert "CN=Inspect Root" in text and "CN=leaf.example" in text
+    assert "device check: 'leaf.example' is not a CA certificate" in text
+    info = json.loads(upyhub("certs", "inspect", "--json", p).stdout)
+    assert [c["sha256"] for c in info["certs"]] == [root.sha256, leaf.sha256]
+    assert [(c["ca"], c["root"]) for c in info["certs"]] == [(True, True), (False, False)]
+    assert info["sha256"] == sha(p.read_bytes()) and 98 <= info["certs"][0]["daysLeft"] <= 100
+    # DER input too.
+    d = tmp_path / "r.der"
+    d.write_bytes(root.der)
+    info = json.loads(upyhub("certs", "inspect", "--json", d).stdout)
+    assert info["certs"][0]["sha256"] == root.sha256 and info["device"] == "accepted"
+
+
+def test_inspect_bad_input_is_one_line(tmp_path):
+    g = tmp_path / "g.pem"
+    g.write_bytes(b"garbage\n")
+    assert "not a PEM bundle or DER certificate" in one_line_error(upyhub("certs", "inspect", g))
+    assert "not found" in one_line_error(upyhub("certs", "inspect", tmp_path / "missing.pem"))
+    e = tmp_path / "e.pem"
+    e.write_bytes(b"")
+    assert "is empty" in one_line_error(upyhub("certs", "inspect", e))
+
+
+def test_stage_local_writes_what_the_simulated_board_reads(tmp_path, run_mp):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "config.json").write_text(json.dumps({"certs_dir": "roots"}))
+    old, new = make_cert("Old Root"), make_cert("New Root")
+    (tmp_path / "old.pem").write_bytes(old.pem)
+    (tmp_path / "new.pem").write_bytes(new.pem)
+    proc = upyhub("certs", "stage-local", "--flash", flash, "--active", tmp_path / "old.pem")
+    assert proc.returncode == 0 and "installed as active seq 1" in proc.stdout, proc.stderr
+    proc = upyhub("certs", "stage-local", "--flash", flash, tmp_path / "new.pem")
+    assert proc.returncode == 0 and "staged seq 2" in proc.stdout and "New Root" in proc.stdout, proc.stderr
+    st = mp_json(run_mp, "s = certstore.Store(%r)\nprint(json.dumps([s.status(), s.problems]))" % str(flash / "roots"))
+    status, problems = st
+    assert problems == []
+    assert status["active"]["certs"][0]["sha256"] == old.sha256
+    assert status["staged"]["sha256"] == sha(new.pem) and status["staged"]["trials"] == 0
+
+
+def test_stage_local_refusals_write_nothing(tmp_path):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    ok = make_cert("OK Root")
+    (tmp_path / "ok.pem").write_bytes(ok.pem)
+    assert upyhub("certs", "stage-local", "--flash", flash, "--active", tmp_path / "ok.pem").returncode == 0
+    before = tree(flash)
+    bad = {
+        "leaf.pem": (make_cert("leaf", ca=False, issuer=ok).pem, "not a CA certificate"),
+        "old.pem": (make_cert("Old", not_before=days(-30), not_after=days(-1)).pem, "expired on"),
+        "junk.pem": (b"junk", "no CERTIFICATE block"),
+    }
+    for name, (data, want) in bad.items():
+        (tmp_path / name).write_bytes(data)
+        msg = one_line_error(upyhub("certs", "stage-local", "--flash", flash, tmp_path / name))
+        assert "refused: " in msg and want in msg
+    assert "flash folder not found" in one_line_error(upyhub("certs", "stage-local", "--flash", tmp_path / "nope", tmp_path / "ok.pem"))
+    assert tree(flash) == before
