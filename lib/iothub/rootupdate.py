@@ -101,3 +101,45 @@ def report(store, warn_days=30, now=None):
         out["expiresInDays"] = (act["notAfter"] - t) // DAY
         out["expiryWarning"] = act["notAfter"] - t < warn_days * DAY
     return out
+
+
+class Watch:
+    # The app's glue to a Session (firmware/app.py):
+    #   w = rootupdate.Watch(session, session.certs, cfg.get("roots_expiry_warn_days", 30))
+    #   in on_method:  r = w.method(name, payload); if r: return r
+    #   in the loop:   w.poll()
+    # Reports `rootCerts` after every (re)connect (a staged set is promoted during the connect)
+    # and after each staging; sends a `rootCertsExpiring` telemetry alert at most once a day.
+    def __init__(self, session, store, warn_days=30):
+        self.s = session
+        self.store = store
+        self.warn_days = warn_days
+        self._seen = -1
+        self._next_check = None
+
+    def method(self, name, payload):
+        # -> (status, body) for updateRootCerts, None for any other method.
+        if name != METHOD:
+            return None
+        status, body = handle(self.store, payload)
+        if status == 200:
+            self._report()
+        return status, body
+
+    def _report(self):
+        self.s.report({"rootCerts": report(self.store, self.warn_days)})
+
+    def poll(self):
+        import time
+
+        if not self.s.connected:
+            return
+        if self.s.connects != self._seen:
+            self._seen = self.s.connects
+            self._report()
+        now = time.ticks_ms()
+        if self._next_check is None or time.ticks_diff(now, self._next_check) >= 0:
+            self._next_check = time.ticks_add(now, DAY * 1000)
+            soon = expiring(self.store, self.warn_days)
+            if soon:
+                self.s.send({"rootCertsExpiring": soon, "warnDays": self.warn_days}, {"alert": "rootCertsExpiring"})

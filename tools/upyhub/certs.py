@@ -5,6 +5,7 @@ The flash format is the device's own: `lib/iothub/certstore.py` is imported here
 CPython, so a simulated board reads exactly what the host wrote, and a set the device would
 refuse is refused here with the device's own message.
 """
+import base64
 import datetime
 import hashlib
 import json
@@ -181,3 +182,41 @@ def stage_local(flash, data, source="local"):
 def install_local(flash, data, source="provision"):
     """Provisioning's first write: the active set (the old one, if any, becomes the fallback)."""
     return _store_write(flash, data, True, source)
+
+
+METHOD = "updateRootCerts"
+
+
+def push_payload(data):
+    """The updateRootCerts payload: PEM text as is, or one DER certificate as base64, with its SHA-256."""
+    digest = hashlib.sha256(data).hexdigest()
+    if data[:1] == b"\x30":
+        return {"der": base64.b64encode(data).decode(), "sha256": digest}
+    try:
+        return {"pem": data.decode("ascii"), "sha256": digest}
+    except UnicodeDecodeError:
+        raise UsageError("the PEM file is not ASCII text")
+
+
+def push(service, devices, data, timeout=30):
+    """Invoke updateRootCerts on each device through the hub -> [(device, status, body)].
+
+    The set is checked here first with the device's own rules, so a bad file never leaves the host.
+    A device that is offline (404) or does not answer (504) is reported, not raised.
+    """
+    from upyhub.hub.client import ServiceError
+
+    why = device_verdict(data)
+    if why:
+        raise UsageError("refused before pushing: %s" % why)
+    payload = push_payload(data)
+    out = []
+    for device in devices:
+        try:
+            status, body = service.invoke_method(device, METHOD, payload, timeout)
+        except ServiceError as exc:
+            status, body = exc.status, {"status": "unreachable", "message": exc.message}
+        except OSError as exc:
+            raise UsageError("cannot reach the hub's service API: %s" % (exc.strerror or type(exc).__name__))
+        out.append((device, status, body))
+    return out

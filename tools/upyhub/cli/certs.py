@@ -18,6 +18,17 @@ def register(sub):
     q.add_argument("--out", required=True, help="PEM file to write")
     q.set_defaults(func=run_bundle)
 
+    q = cs.add_parser("push", help="send roots to devices through the hub (direct method updateRootCerts)")
+    q.add_argument("--device", action="append", required=True, metavar="ID", help="device id (repeatable)")
+    q.add_argument("--timeout", type=int, default=30, help="seconds to wait for each device (1..300)")
+    q.add_argument("--data", default=".upyhub", metavar="DIR", help="local hub state folder (default .upyhub)")
+    q.add_argument("--connection-string", metavar="CS", help="service policy connection string (default: the hub in --data)")
+    q.add_argument("--host", help="address of the hub's API (default: the running hub of --data)")
+    q.add_argument("--https-port", type=int, help="API port (default: the running hub of --data)")
+    q.add_argument("--ca", help="CA certificate to verify the hub (default: the CA in --data)")
+    q.add_argument("file")
+    q.set_defaults(func=run_push)
+
     q = cs.add_parser("stage-local", help="stage roots in a flash folder (simulated board), in the device's own format")
     q.add_argument("--flash", required=True, help="the board's flash folder")
     q.add_argument("--active", action="store_true", help="install as the active set instead (provisioning)")
@@ -59,3 +70,22 @@ def run_stage_local(args):
         m = certs.stage_local(args.flash, data)
         what = "staged"
     print("%s seq %d in %s: %s" % (what, m["seq"], certs.certs_dir(args.flash), ", ".join(c["cn"] for c in m["certs"])))
+
+
+def run_push(args):
+    from upyhub import sas
+    from upyhub.cli.hub import _service  # the hub verbs' way to find the hub's service API
+    from upyhub.errors import UsageError
+
+    if not 1 <= args.timeout <= 300:
+        raise UsageError("--timeout must be 1..300 seconds")
+    for d in args.device:
+        sas.check_device_id(d)
+    data = certs.read_file(args.file)
+    failed = 0
+    for device, status, body in certs.push(_service(args), args.device, data, args.timeout):
+        body = body if isinstance(body, dict) else {"message": str(body)}
+        ok = status == 200 and body.get("status") in ("staged", "active")
+        failed += not ok
+        print("%s: %d %s: %s" % (device, status, body.get("status", "?"), body.get("message", "")))
+    return 1 if failed else 0
