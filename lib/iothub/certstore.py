@@ -366,6 +366,8 @@ class Store:
                 _rmtree(fb)
                 _rename(act, fb)
                 self._m[FALLBACK] = self._m.pop(ACTIVE)
+            else:
+                _rmtree(act)  # found corrupt since boot
             _rename(self._dir(STAGED), act)
             self._m[ACTIVE] = self._m.pop(STAGED)
             self._clear_trials()
@@ -374,6 +376,8 @@ class Store:
             old = self._m.pop(ACTIVE, None)
             if old is not None:
                 _rename(act, swap)
+            else:
+                _rmtree(act)  # found corrupt since boot
             _rename(fb, act)
             self._m[ACTIVE] = self._m.pop(FALLBACK)
             if old is not None:

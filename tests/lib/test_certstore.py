@@ -458,3 +458,24 @@ print(json.dumps([r1, r2, [c["sha256"] for c in s.status()["active"]["certs"]], 
     assert r1 == ["staged", False]  # Azure's roots do not verify the local hub: one trial spent, nothing lost
     assert r2 == ["staged", True]  # a bundle of old + new roots is promoted at the next connection
     assert active == [fp(ca1), fp(ca2)] and fallback == [fp(ca1)]
+
+
+def test_flash_rot_after_boot_falls_back_and_heals(run_mp, tmp_path, cas, tls_server):
+    # The active file goes bad while the device runs: the next attempt uses the fallback, which
+    # then becomes the active set again; the next boot finds nothing to repair.
+    ca1, ca2 = cas
+    d = lay(tmp_path / "certs", fallback=pem(ca1), active=pem(ca1) + pem(ca2))
+    tls_server.use(ca1)
+    code = """
+s = certstore.Store(%r)
+f = open(%r + "/active/roots.pem", "r+b")
+f.seek(100)
+f.write(b"X")
+f.close()
+r = attempt(s, %d)
+print(json.dumps([r, s.problems, s.status()["active"]["certs"][0]["sha256"], certstore.Store(%r).problems]))
+""" % (str(d), str(d), tls_server.port, str(d))
+    r, problems, active, again = mp_json(run_mp, code)
+    assert r == ["fallback", True]
+    assert any("active set is torn or corrupt" in p for p in problems)
+    assert active == fp(ca1) and again == []

@@ -1,15 +1,15 @@
 """lib/iothub/x509.py on the unix port, checked against cryptography's reading of the same certificates."""
-import base64
 import calendar
 import datetime
-import json
+import hashlib
 import os
+import warnings
 
 import certifi
-import pytest
 from cryptography import x509 as cx509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from certhelpers import days, make_cert, mp_json, mpy_lib  # noqa: F401  (fixture)
+from certhelpers import make_cert, mp_json, mpy_lib  # noqa: F401  (mpy_lib: fixture)
 
 
 def host_view(cert):
@@ -17,9 +17,6 @@ def host_view(cert):
         ca = cert.extensions.get_extension_for_class(cx509.BasicConstraints).value.ca
     except cx509.ExtensionNotFound:
         ca = False
-    from cryptography.hazmat.primitives.serialization import Encoding
-    import hashlib
-
     return {
         "sha256": hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
         "not_after": calendar.timegm(cert.not_valid_after_utc.utctimetuple()),
@@ -39,12 +36,9 @@ print(json.dumps([{"cn": c.cn, "sha256": c.sha256, "not_after": c.not_after, "no
 def test_reads_every_root_of_the_mozilla_bundle_like_cryptography(run_mp, tmp_path):
     # 100+ real roots of every vintage: RSA/EC, UTCTime/GeneralizedTime, with and without keyUsage.
     path = certifi.where()
-    with open(path, "rb") as f:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            host = [host_view(c) for c in cx509.load_pem_x509_certificates(f.read())]
+    with open(path, "rb") as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few Mozilla roots have non-RFC serial numbers
+        host = [host_view(c) for c in cx509.load_pem_x509_certificates(f.read())]
     dev = mp_json(run_mp, DUMP % path)
     assert len(dev) == len(host) > 100
     for d, h in zip(dev, host):

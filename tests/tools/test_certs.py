@@ -1,5 +1,4 @@
 """upyhub certs: inspect, bundle, stage-local; what the host writes is read by the device on the unix port."""
-import hashlib
 import json
 import subprocess
 import sys
