@@ -1,5 +1,6 @@
 # Sample application: periodic telemetry of the board's sensor; twin desired telemetryInterval
 # honoured and reported back; direct methods `ping` and `reboot` (acknowledged, then deferred).
+import gc
 import json
 import time
 
@@ -46,7 +47,8 @@ def run(s, board, cfg):
             seq += 1
             t = board.read_sensor()
             s.send('{"temperature":%.2f,"seq":%d}' % (t, seq), {"sensor": "temperature", "seq": seq})
-            print("app: telemetry %d queued (%.2f C)" % (seq, t))
+            gc.collect()  # a small collection per beat keeps the heap from fragmenting
+            print("app: telemetry %d queued (%.2f C, heap %d used)" % (seq, t, gc.mem_alloc()))
             due = time.ticks_add(due, int(st["interval"] * 1000))
             if time.ticks_diff(now, due) > 0:  # fell behind (offline): no burst, restart the beat
                 due = time.ticks_add(now, int(st["interval"] * 1000))

@@ -1,19 +1,37 @@
 # Board entry: check the configuration, bring the network and clock up, then run the sample
 # app on an IoT Hub session. Source stays small: the work is in lib/ (.mpy).
+import gc
+import sys
+
 import board
-from iothub import config, transport
-from iothub.session import Session
+from iothub import transport
+
+transport.reserve()  # the TLS context first, while the heap is still in one piece
 
 
-def start():
-    root = board.flash_root()
+def _config(root):
+    from iothub import config
+
     try:
-        cfg, secrets = config.load(root)
+        return config.load(root)
     except config.ConfigError as e:
         for p in e.problems:
             print("config:", p)
         print("main: not starting until the configuration is fixed")
         raise SystemExit(2)
+    finally:  # only needed at boot: give its RAM back
+        import iothub
+
+        iothub.__dict__.pop("config", None)
+        sys.modules.pop("iothub.config", None)
+
+
+def start():
+    root = board.flash_root()
+    cfg, secrets = _config(root)
+    gc.collect()
+    from iothub.session import Session
+
     wifi = cfg.get("wifi")
 
     def net():

@@ -9,7 +9,7 @@ NAME = "unix"
 
 class NetworkError(Exception):
     def __init__(self, reason):
-        Exception.__init__(self, reason)
+        super().__init__(reason)
         self.reason = reason
 
 

@@ -21,7 +21,7 @@ DEFAULTS = {
 class ConfigError(Exception):
     # .problems: one message per bad field.
     def __init__(self, problems):
-        Exception.__init__(self, "; ".join(problems))
+        super().__init__("; ".join(problems))
         self.problems = problems
 
 

@@ -23,15 +23,49 @@ class TLSError(Exception):
     pass
 
 
-def context(cadata, cert=None, key=None):
+_cache = [None, None]  # [digest of roots+cert+key, context]; key None: reserved at boot, no roots yet
+
+
+def _new():
     ctx = _tls.SSLContext(_tls.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = CERT_REQUIRED
+    return ctx
+
+
+def reserve():
+    # The context is the largest single allocation of a session (mbedtls' RNG state lives in it;
+    # 40 KB with Debian's mbedtls on the unix port): take it at boot, while the heap is in one piece.
+    if _cache[1] is None:
+        _cache[1] = _new()
+
+
+def context(cadata, cert=None, key=None):
+    # One context, reused while the roots and client certificate stay the same: a reconnect must
+    # not need a new contiguous block from a heap that has fragmented since boot.
+    import hashlib
+
+    h = hashlib.sha256(cadata)
+    if cert:
+        h.update(cert)
+        h.update(key)
+    k = h.digest()  # 32 bytes instead of a copy of the roots kept around
+    if _cache[0] == k:
+        return _cache[1]
+    ctx = _cache[1] if _cache[0] is None else None
+    _cache[0] = _cache[1] = None
+    if ctx is None:
+        import gc
+
+        gc.collect()
+        ctx = _new()
     if _POSITIONAL:
         ctx.load_verify_locations(cadata)
     else:
         ctx.load_verify_locations(cadata=cadata)
     if cert:
         ctx.load_cert_chain(cert, key)
+    _cache[0] = k
+    _cache[1] = ctx
     return ctx
 
 

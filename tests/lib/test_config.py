@@ -1,0 +1,81 @@
+"""iothub.config on the unix port: a good flash loads with defaults; every bad field gets its own
+clear line; secrets are never echoed."""
+import base64
+import json
+import os
+
+import pytest
+
+LOAD = r"""
+import json
+from iothub import config
+try:
+    cfg, sec = config.load(%r)
+    print(json.dumps({"ok": cfg, "secret_keys": sorted(sec)}))
+except config.ConfigError as e:
+    print(json.dumps({"problems": e.problems}))
+"""
+
+GOOD = {"hostname": "myhub.azure-devices.net", "device_id": "dev-1", "gateway": "127.0.0.1", "port": 8883}
+
+
+def run(run_mp, flash, mpy=False):
+    p = run_mp(LOAD % str(flash), mpy=mpy, heapsize="32K")
+    assert p.returncode == 0, p.stderr + p.stdout
+    return json.loads(p.stdout)
+
+
+def write(flash, cfg, secrets):
+    flash.mkdir(exist_ok=True)
+    if cfg is not None:
+        (flash / "config.json").write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+    if secrets is not None:
+        (flash / "secrets.json").write_text(secrets if isinstance(secrets, str) else json.dumps(secrets))
+
+
+@pytest.mark.parametrize("mpy", [False, True], ids=["py", "mpy"])
+def test_good_config_gets_defaults(run_mp, tmp_path, mpy):
+    key = base64.b64encode(os.urandom(32)).decode()
+    write(tmp_path, GOOD, {"device_key": key, "wifi_password": "pw"})
+    out = run(run_mp, tmp_path, mpy)
+    cfg = out["ok"]
+    assert cfg["auth"] == "sas" and cfg["token_ttl"] == 3600 and cfg["keepalive"] == 60
+    assert cfg["certs_dir"] == "certs" and cfg["telemetry_interval"] == 10
+    assert out["secret_keys"] == ["device_key", "wifi_password"]
+
+
+def test_every_bad_field_reported_once(run_mp, tmp_path):
+    secret = base64.b64encode(os.urandom(32)).decode()[:-2] + "!!"  # not base64
+    bad = {"hostname": "bad host", "device_id": "", "port": 0, "auth": "password", "token_ttl": 5,
+           "keepalive": 5000, "telemetry_interval": -1, "ntp": [], "wifi": {"ssid": ""}, "gateway": ""}
+    write(tmp_path, bad, {"device_key": secret, "policy_key": "c2VjcmV0"})
+    problems = run(run_mp, tmp_path)["problems"]
+    text = "\n".join(problems)
+    for field in ("hostname", "device_id", "gateway", "port", "token_ttl", "keepalive", "telemetry_interval",
+                  "ntp", "wifi", "auth", "'policy_key'"):
+        assert sum(field in p for p in problems) >= 1, (field, problems)
+    assert len(problems) == 11, problems
+    assert secret not in text and "c2VjcmV0" not in text  # values of secrets never echoed
+    assert all("\n" not in p for p in problems)
+
+
+def test_bad_device_key_and_x509(run_mp, tmp_path):
+    write(tmp_path, dict(GOOD), {"device_key": "c2hvcnQ="})  # decodes to 5 bytes
+    assert run(run_mp, tmp_path)["problems"] == ["secrets.json: device_key must decode to 16..64 bytes"]
+    write(tmp_path, dict(GOOD, auth="x509"), {})
+    assert run(run_mp, tmp_path)["problems"] == [
+        "config.json: x509 must name the device's cert and key files (auth is x509)"]
+    write(tmp_path, dict(GOOD, auth="x509", x509={"cert": "d.crt", "key": "d.key"}), {})
+    assert "ok" in run(run_mp, tmp_path)
+
+
+def test_missing_and_broken_files(run_mp, tmp_path):
+    assert run(run_mp, tmp_path)["problems"] == ["config.json: missing (%s/config.json)" % tmp_path]
+    write(tmp_path, "{not json", None)
+    problems = run(run_mp, tmp_path)["problems"]
+    assert problems[0] == "config.json: not valid JSON"
+    write(tmp_path, dict(GOOD), None)
+    assert run(run_mp, tmp_path)["problems"] == [
+        "secrets.json: missing (%s/secrets.json), the device key lives there" % tmp_path]
+    write(tmp_path, dict(GOOD), "[1, 2]")
+    assert run(run_mp, tmp_path)["problems"] == ["secrets.json: must hold a JSON object"]
