@@ -14,6 +14,11 @@
 #   store.status()                                # dict for the `rootCerts` reported property
 #   store.problems                                # torn/corrupt slots found (and repaired) at load
 #
+# Use a fresh SSLContext for every attempt: load_verify_locations appends to the context's
+# trusted roots (mbedtls), so a reused context would keep trusting a discarded set. A set that
+# mbedtls refuses to load counts as a failed attempt (tls_failed). Store(..., tls_check=True)
+# also makes stage() try mbedtls itself, at the cost of a TLS context (~40 KB heap on unix/rp2).
+#
 # Layout: certs/{active,staged,fallback}/ each hold roots.pem (or roots.der) and `manifest`: one line of
 # JSON {"v":1, "file", "sha256", "size", "seq", "source", "written", "notAfter", "certs":[{"cn","sha256","notAfter"}]}
 # and a second line with that line's SHA-256.
