@@ -179,3 +179,50 @@ def tree(path):
     """{relative path: bytes} of every file under path (to prove a refusal wrote nothing)."""
     path = pathlib.Path(path)
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+class SimBoard:
+    """`upyhub sim-board` on a flash folder: a pty speaking MicroPython's REPL protocols, for mpremote."""
+
+    def __init__(self, flash):
+        import os
+        import select
+        import time
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "upyhub", "sim-board", "--flash", str(flash)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        info, buf = {}, b""
+        deadline = time.monotonic() + 60
+        while "confinement" not in info:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+            chunk = os.read(self.proc.stdout.fileno(), 4096) if ready else b""
+            if not chunk:
+                self.stop()
+                raise RuntimeError("sim-board did not start: %s" % self.proc.stderr.read().decode()[-2000:])
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                key, _, value = line.decode().strip().partition(": ")
+                info[key] = value
+        self.port = info["port"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def sim_board():
+    boards = []
+
+    def start(flash):
+        b = SimBoard(flash)
+        boards.append(b)
+        return b
+
+    yield start
+    for b in boards:
+        b.stop()

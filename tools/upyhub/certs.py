@@ -220,3 +220,66 @@ def push(service, devices, data, timeout=30):
             raise UsageError("cannot reach the hub's service API: %s" % (exc.strerror or type(exc).__name__))
         out.append((device, status, body))
     return out
+
+
+# Runs on the board (mpremote exec) after the file was copied to INCOMING: the board's own
+# certstore validates and stages it, exactly as for an over-the-air push.
+INCOMING = "/roots-incoming.tmp"
+_STAGE_ON_BOARD = """
+import json, os
+try:
+    from iothub import certstore
+except ImportError:
+    certstore = None
+    print("UPYHUB-NOFIRMWARE")
+if certstore:
+    d = %r
+    if not d:
+        try:
+            d = json.load(open("/config.json")).get("certs_dir") or "certs"
+        except (OSError, ValueError):
+            d = "certs"
+    try:
+        data = open(%r, "rb").read()
+        m = certstore.Store("/" + d).stage(data, %r, source="mpremote")
+        print("UPYHUB-STAGED", json.dumps({"seq": m["seq"], "cns": [c["cn"] for c in m["certs"]], "dir": d}))
+    except ValueError as e:
+        print("UPYHUB-REFUSED", e)
+    except OSError as e:
+        print("UPYHUB-REFUSED could not write the board's flash:", e)
+try:
+    os.remove(%r)
+except OSError:
+    pass
+"""
+
+
+def stage_board(port, data, certs_dir=None, timeout=120):
+    """Stage a set on a board over mpremote (copy, then the board's certstore stages it) -> {"seq","cns","dir"}."""
+    import subprocess
+    import tempfile
+
+    why = device_verdict(data)
+    if why:
+        raise UsageError("refused before copying: %s" % why)
+    digest = hashlib.sha256(data).hexdigest()
+    code = _STAGE_ON_BOARD % (certs_dir, INCOMING, digest, INCOMING)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "roots")
+        with open(src, "wb") as f:
+            f.write(data)
+        cmd = [sys.executable, "-m", "mpremote", "connect", port, "cp", src, ":" + INCOMING, "+", "exec", code]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UsageError("the board on %s did not answer within %d s" % (port, timeout))
+    out = proc.stdout
+    for line in out.splitlines():
+        if line.startswith("UPYHUB-STAGED "):
+            return json.loads(line.split(" ", 1)[1])
+        if line.startswith("UPYHUB-REFUSED "):
+            raise UsageError("the board refused it: %s" % line.split(" ", 1)[1])
+        if line.startswith("UPYHUB-NOFIRMWARE"):
+            raise UsageError("the board has no iothub package in /lib: install the firmware first")
+    last = (proc.stderr.strip() or out.strip() or "no output").splitlines()[-1]
+    raise UsageError("mpremote on %s failed: %s" % (port, last[:200]))

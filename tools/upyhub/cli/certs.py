@@ -29,6 +29,12 @@ def register(sub):
     q.add_argument("file")
     q.set_defaults(func=run_push)
 
+    q = cs.add_parser("stage", help="stage roots on a board connected over USB/serial (mpremote)")
+    q.add_argument("--port", required=True, help="the board's serial port (e.g. /dev/ttyUSB0), as mpremote names it")
+    q.add_argument("--certs-dir", default=None, help="certificate folder on the board (default: config.json's, else certs)")
+    q.add_argument("file")
+    q.set_defaults(func=run_stage)
+
     q = cs.add_parser("stage-local", help="stage roots in a flash folder (simulated board), in the device's own format")
     q.add_argument("--flash", required=True, help="the board's flash folder")
     q.add_argument("--active", action="store_true", help="install as the active set instead (provisioning)")
@@ -89,3 +95,9 @@ def run_push(args):
         failed += not ok
         print("%s: %d %s: %s" % (device, status, body.get("status", "?"), body.get("message", "")))
     return 1 if failed else 0
+
+
+def run_stage(args):
+    data = certs.read_file(args.file)
+    r = certs.stage_board(args.port, data, args.certs_dir)
+    print("staged seq %d on %s (/%s): %s" % (r["seq"], args.port, r["dir"], ", ".join(r["cns"])))
