@@ -33,10 +33,11 @@ def start():
     from iothub.session import Session
 
     wifi = cfg.get("wifi")
+    wifi_pw = secrets.get("wifi_password") or ""
 
     def net():
         if wifi and not board.network_ok():
-            board.connect_network(wifi["ssid"], secrets.get("wifi_password") or "")
+            board.connect_network(wifi["ssid"], wifi_pw)
 
     def set_clock():
         board.set_time(cfg["ntp"])

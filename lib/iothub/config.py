@@ -15,6 +15,8 @@ DEFAULTS = {
     "roots_expiry_warn_days": 30,
     "ntp": ["pool.ntp.org"],
     "gateway": None,
+    "retry_cap": 60,
+    "refused_retry": 300,
 }
 
 
@@ -71,6 +73,8 @@ def check(cfg, secrets):
     # The hub caps keep-alive at 1177 s; below 5 s a board would do little but ping.
     _int(cfg, "keepalive", 5, 1177, problems)
     _int(cfg, "roots_expiry_warn_days", 0, 3650, problems)
+    _int(cfg, "retry_cap", 2, 3600, problems)  # longest wait between reconnect attempts (s)
+    _int(cfg, "refused_retry", 1, 86400, problems)  # wait after the hub refused our credentials (s)
     ti = cfg.get("telemetry_interval")
     if isinstance(ti, bool) or not isinstance(ti, (int, float)) or not 0 < ti <= 86400:
         problems.append("config.json: telemetry_interval must be a number of seconds above 0 and at most 86400")

@@ -269,7 +269,8 @@ class Session:
         if len(self._outbox) >= self.max_queue:
             self._outbox.pop(0)
             self.dropped += 1
-            self.log("queue full: dropped the oldest message (%d so far)" % self.dropped)
+            if self.dropped % 10 == 1:  # not a line per message during a long outage
+                self.log("queue full: dropped the oldest message (%d so far)" % self.dropped)
         self._outbox.append((topic, body))
 
     def _flush(self):
