@@ -215,7 +215,7 @@ class SimBoard:
 
 
 @pytest.fixture
-def sim_board():
+def certs_sim_board():
     boards = []
 
     def start(flash):

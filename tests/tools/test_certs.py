@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certhelpers import ROOT, days, make_cert, mp_json, sha, sim_board, tree  # noqa: F401  (sim_board: fixture)
+from certhelpers import ROOT, days, make_cert, mp_json, sha, certs_sim_board, tree  # noqa: F401  (certs_sim_board: fixture)
 
 
 def upyhub(*args):
@@ -136,10 +136,10 @@ def board_flash(tmp_path, active_pem):
 
 @pytest.mark.xfail(strict=True, reason="sim-board: its rename() goes through MicroPython 1.25's VfsPosix(root).rename, "
                    "which builds both paths in one buffer (micropython#7389) and fails with ENOENT")
-def test_stage_on_a_board_over_mpremote(tmp_path, run_mp, sim_board):
+def test_stage_on_a_board_over_mpremote(tmp_path, run_mp, certs_sim_board):
     old, new = make_cert("Old Root"), make_cert("New Root")
     flash = board_flash(tmp_path, old.pem)
-    board = sim_board(flash)
+    board = certs_sim_board(flash)
     (tmp_path / "new.pem").write_bytes(new.pem)
     proc = upyhub("certs", "stage", "--port", board.port, tmp_path / "new.pem")
     assert proc.returncode == 0, proc.stderr
@@ -149,10 +149,10 @@ def test_stage_on_a_board_over_mpremote(tmp_path, run_mp, sim_board):
     assert sorted(p.name for p in flash.iterdir()) == ["certs", "config.json", "lib"]  # the copy was removed
 
 
-def test_stage_on_a_board_refusals_change_nothing(tmp_path, sim_board):
+def test_stage_on_a_board_refusals_change_nothing(tmp_path, certs_sim_board):
     old, new = make_cert("Old Root"), make_cert("New Root")
     flash = board_flash(tmp_path, old.pem)
-    board = sim_board(flash)
+    board = certs_sim_board(flash)
     (tmp_path / "new.pem").write_bytes(new.pem)
     # Refused on the host before anything is copied; refused on the board when its flash cannot take it.
     before = tree(flash)
@@ -164,10 +164,10 @@ def test_stage_on_a_board_refusals_change_nothing(tmp_path, sim_board):
     assert tree(flash) == before
 
 
-def test_stage_on_a_board_without_firmware(tmp_path, sim_board):
+def test_stage_on_a_board_without_firmware(tmp_path, certs_sim_board):
     flash = tmp_path / "empty"
     flash.mkdir()
-    board = sim_board(flash)
+    board = certs_sim_board(flash)
     root = make_cert("R")
     (tmp_path / "r.pem").write_bytes(root.pem)
     assert "no iothub package" in one_line_error(upyhub("certs", "stage", "--port", board.port, tmp_path / "r.pem"))
