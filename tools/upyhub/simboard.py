@@ -190,6 +190,7 @@ class SimBoard:
         self.paste = bytearray()
         self.window = 0
         self.process = None
+        self.halted = None
         self.job = None
         self.seq = 0
         self.stopping = False
@@ -232,19 +233,19 @@ class SimBoard:
     def _power_on(self, hard=False):
         if hard:
             self.mode = "friendly"
+        self.halted = None
         try:
             check_flash(self.flash)
-        except UsageError as exc:
-            self.log("not booting: %s" % exc)
-            self._emit(("\r\nsimulated board halted: %s\r\n" % exc).encode())
-            self.phase = "halted"
-            return
-        try:
             self.process = _Process(self)
+        except UsageError as exc:
+            self.halted = str(exc)
         except (OSError, subprocess.SubprocessError) as exc:
-            self.log("cannot start MicroPython: %s" % exc)
-            self._emit(b"\r\nsimulated board halted: cannot start MicroPython\r\n")
-            self.phase = "halted"
+            self.halted = "cannot start MicroPython (%s)" % exc
+        if self.halted:
+            # Like a board whose flash is broken: it answers, but runs nothing.
+            self.log("halted: %s" % self.halted)
+            self._emit(("\r\nsimulated board halted: %s\r\n" % self.halted).encode())
+            self._repl()
             return
         self.log("boot (%s REPL, pid %d)" % (self.mode, self.process.proc.pid))
         self._start_job(J_FILE, b"boot.py", self._boot_done, cooked=True)
@@ -287,6 +288,9 @@ class SimBoard:
 
     # --- jobs ------------------------------------------------------------------------------
     def _start_job(self, kind, payload, on_done, cooked):
+        if self.process is None:
+            on_done(ST_EXC, ("OSError: simulated board halted: %s\r\n" % self.halted).encode())
+            return
         self.seq += 1
         self.job = _Job(kind, self.seq, bytes(payload), on_done, cooked)
         self.phase = "job"
@@ -341,9 +345,10 @@ class SimBoard:
         self._kill()
         self._emit(("\r\nsimulated board: MicroPython exited (status %s)\r\n" % rc).encode())
         if job is not None and job.kind == J_FILE:
-            # It died while booting: a real board would boot-loop; wait for Ctrl-D instead.
-            self._emit(b"halted; Ctrl-D to reboot\r\n")
-            self.phase = "halted"
+            # It died while booting: a real board would boot-loop; wait for a soft reset instead.
+            self.halted = "MicroPython exited during boot (status %s)" % rc
+            self._emit(("simulated board halted: %s\r\n" % self.halted).encode())
+            self._repl()
         else:
             self._power_on(hard=True)
 
@@ -367,10 +372,6 @@ class SimBoard:
 
     def _in_off(self, b):
         pass
-
-    def _in_halted(self, b):
-        if b == 4:
-            self._soft_reset()
 
     def _in_raw(self, b):
         if b == 1:  # Ctrl-A: raw-paste request ("\x05A\x01") or raw REPL reset
