@@ -46,6 +46,15 @@ def test_fs_roundtrip(sim_board, tmp_path):
     assert missing.returncode != 0 and "No such file" in missing.stderr
 
 
+def test_rename(sim_board):
+    (sim_board.flash / "a").mkdir()
+    (sim_board.flash / "a" / "f.txt").write_text("data")
+    code = "import os\nos.rename('/a/f.txt', '/a/g.txt')\nos.chdir('/a')\nos.rename('g.txt', '../h.txt')\nos.rename('/a', '/b')"
+    ok(sim_board.mpremote("exec", code))
+    assert (sim_board.flash / "h.txt").read_text() == "data"
+    assert sorted(p.name for p in sim_board.flash.iterdir()) == ["b", "h.txt"]
+
+
 def test_run_and_large_code(sim_board, tmp_path):
     script = tmp_path / "script.py"
     # Well past several raw-paste windows (128 bytes each).

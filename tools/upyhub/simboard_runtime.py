@@ -151,7 +151,10 @@ class _Flash:
     def rename(self, old, new):
         o, n = _norm(self._cwd, old), _norm(self._cwd, new)
         gone = self._fsize(n)
-        self._p.rename(o, n)
+        # 1.25's VfsPosix.rename builds both rooted paths in one buffer (the first is lost), so
+        # rename relative to the flash folder, made the process's working directory first.
+        self._p.chdir("/")
+        self._p.rename(o[1:] or ".", n[1:] or ".")
         self.used -= gone
 
     def rmdir(self, path):
