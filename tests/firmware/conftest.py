@@ -23,8 +23,8 @@ def device(fw_tree):
     """device(flash, heapsize=None) -> Device; every one started is stopped after the test."""
     started = []
 
-    def start(flash, heapsize=None, source=False):
-        d = Device(flash, fw_tree, heapsize=heapsize, source=source)
+    def start(flash, heapsize=None, source=False, path_extra=()):
+        d = Device(flash, fw_tree, heapsize=heapsize, source=source, path_extra=path_extra)
         started.append(d)
         return d
 

@@ -23,11 +23,11 @@ def new_key():
 class Device:
     """A running simulated board; its log lines are collected as they come."""
 
-    def __init__(self, flash, tree, heapsize=None, source=False):
+    def __init__(self, flash, tree, heapsize=None, source=False, path_extra=()):
         self.flash = pathlib.Path(flash)
         self.lines = []
         self._q = queue.Queue()
-        self.proc = sim.start(flash, tree=tree, heapsize=heapsize, source=source)
+        self.proc = sim.start(flash, tree=tree, heapsize=heapsize, source=source, path_extra=path_extra)
         self._t = threading.Thread(target=self._pump, daemon=True)
         self._t.start()
 

@@ -51,7 +51,7 @@ def image(flash, source=False, tree=None):
     return tree, [str(tree / "lib")]
 
 
-def command(flash, *, source=False, heapsize=None, tree=None):
+def command(flash, *, source=False, heapsize=None, tree=None, path_extra=()):
     flash = pathlib.Path(flash).resolve()
     if not (flash / "config.json").is_file():
         raise UsageError("no config.json in %s: not a provisioned flash folder" % flash)
@@ -62,11 +62,11 @@ def command(flash, *, source=False, heapsize=None, tree=None):
     if heapsize:
         argv += ["-X", "heapsize=%s" % heapsize]
     argv += ["-c", code]
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join(path), UPYHUB_FLASH=str(flash))
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(p) for p in path_extra] + path), UPYHUB_FLASH=str(flash))
     return argv, env
 
 
-def start(flash, *, source=False, heapsize=None, tree=None, stdout=subprocess.PIPE, **kw):
-    argv, env = command(flash, source=source, heapsize=heapsize, tree=tree)
+def start(flash, *, source=False, heapsize=None, tree=None, path_extra=(), stdout=subprocess.PIPE, **kw):
+    argv, env = command(flash, source=source, heapsize=heapsize, tree=tree, path_extra=path_extra)
     return subprocess.Popen(argv, env=env, cwd=str(pathlib.Path(flash).resolve()), stdout=stdout,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, **kw)
