@@ -27,6 +27,7 @@ class LocalHub:
         self.data_dir = pathlib.Path(data_dir)
         self.mqtt_port, self.https_port = mqtt_port, https_port
         self.proc = None
+        self.returncode = None  # of the last stop(): 0 when the hub stopped cleanly on SIGTERM
         self.log_path = self.data_dir / "hub.log"
         self._service = None
         if not pki_mod.PKI(self.data_dir).exists():
@@ -70,6 +71,7 @@ class LocalHub:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(30)
+        self.returncode = self.proc.returncode
         self.proc = None
 
     def restart(self):

@@ -26,9 +26,9 @@ def token(hub, device_id, key, ttl=600, sr=None, policy=None, expiry=None):
 
 
 class Device:
-    """One MQTT connection; never reconnects by itself (a refusal stays a refusal)."""
+    """One MQTT connection; never reconnects (a refusal stays a refusal, a dropped connection stays dropped)."""
 
-    def __init__(self, hub, client_id, password=None, username=None, cert=None, ca=None, tls_version=None):
+    def __init__(self, hub, client_id, password=None, username=None, cert=None, ca=None):
         self.client_id = client_id
         self.messages = []
         self.connack = None
@@ -41,20 +41,22 @@ class Device:
         if cert:
             ctx.load_cert_chain(*cert)
         c.tls_set_context(ctx)
-        c.on_connect = lambda cl, u, flags, rc: setattr(self, "connack", rc)
+        c.on_connect = self._on_connect
         c.on_message = lambda cl, u, m: self.messages.append((m.topic, m.payload))
-        c.on_disconnect = lambda cl, u, rc: self.disconnected.set()
+        c.on_disconnect = self._on_disconnect
         c.on_subscribe = lambda cl, u, mid, granted: self.subacks.__setitem__(mid, granted)
-        self._stop = False
         c.connect(hub.host, hub.mqtt_port, keepalive=60)
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        c.loop_start()  # paho's own network thread: it serialises writes on the TLS socket
 
-    def _loop(self):
-        while not self._stop:
-            if self.client.loop(0.05) != mqtt.MQTT_ERR_SUCCESS:
-                self.disconnected.set()
-                return
+    # disconnect() marks the client as leaving, so paho's thread ends instead of reconnecting
+    def _on_connect(self, client, userdata, flags, rc):
+        self.connack = rc
+        if rc != 0:
+            client.disconnect()
+
+    def _on_disconnect(self, client, userdata, rc):
+        self.disconnected.set()
+        client.disconnect()
 
     def wait_connack(self):
         wait_for(lambda: self.connack is not None or self.disconnected.is_set(), what="CONNACK")
@@ -73,18 +75,12 @@ class Device:
         return wait_for(lambda: self.subacks.get(mid), what="SUBACK")
 
     def publish(self, topic, payload=b"", qos=1):
-        info = self.client.publish(topic, payload, qos=qos)
-        return info
+        return self.client.publish(topic, payload, qos=qos)
 
     def wait_message(self, prefix, timeout=WAIT):
         return wait_for(lambda: next((m for m in self.messages if m[0].startswith(prefix)), None), timeout,
                         "a message on " + prefix)
 
     def close(self):
-        self._stop = True
-        try:
-            self.client.disconnect()
-        except Exception:
-            pass
-        self._thread.join(5)
-        self.client.socket() and self.client.socket().close()
+        self.client.disconnect()
+        self.client.loop_stop()

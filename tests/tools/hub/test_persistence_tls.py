@@ -26,7 +26,9 @@ def test_state_survives_restart(hub):
     hub.service.send_c2d("keeper", "queued while offline", {"p": "1"})
     ports = (hub.mqtt_port, hub.https_port)
 
-    hub.restart()
+    hub.stop()
+    assert hub.returncode == 0 and hub.log().rstrip().endswith("stopped")  # SIGTERM: a clean stop
+    hub.start()
     assert (hub.mqtt_port, hub.https_port) == ports
     dev = hub.service.get_device("keeper")
     assert dev["authentication"]["symmetricKey"]["primaryKey"] == key

@@ -71,7 +71,7 @@ class Hub:
         self.hostname = hostname
         self.connections = {}  # device id -> handler (broker.HubHandler)
         self._rids = itertools.count(1)
-        self._methods = {}  # (device id, rid) -> future
+        self._methods = {}  # (device id, rid) -> (future, handler it was sent to)
         self._c2d_locks = {}
         self.telemetry_event = asyncio.Event()  # set on each stored message (monitor long-poll)
 
@@ -84,8 +84,8 @@ class Hub:
         if self.connections.get(handler.device_id) is handler:
             del self.connections[handler.device_id]
             self.registry.set_connected(handler.device_id, False)
-        for (dev, rid), fut in list(self._methods.items()):
-            if dev == handler.device_id and not fut.done():
+        for fut, owner in list(self._methods.values()):
+            if owner is handler and not fut.done():
                 fut.set_exception(MethodError(404, "device disconnected before answering"))
 
     async def sweep(self, period=1.0):
@@ -114,8 +114,11 @@ class Hub:
             return True
         if topic.startswith("$iothub/twin/GET/"):
             rid = query(topic).get("$rid", "")
-            twin = self.registry.get_twin(dev)["properties"]
-            await self.send(handler, "$iothub/twin/res/200/?$rid=%s" % quote(rid), json.dumps(twin).encode())
+            twin = self.registry.get_twin(dev)
+            if twin is None:  # removed from the registry while connected: the sweeper closes it
+                return True
+            await self.send(handler, "$iothub/twin/res/200/?$rid=%s" % quote(rid),
+                            json.dumps(twin["properties"]).encode())
             return True
         if topic.startswith("$iothub/twin/PATCH/properties/reported/"):
             rid = query(topic).get("$rid", "")
@@ -127,12 +130,14 @@ class Hub:
                 await self.send(handler, "$iothub/twin/res/400/?$rid=%s" % quote(rid), b"")
                 return True
             version = self.registry.patch_reported(dev, patch)
+            if version is None:
+                return True
             await self.send(handler, "$iothub/twin/res/204/?$rid=%s&$version=%d" % (quote(rid), version), b"")
             return True
         if topic.startswith("$iothub/methods/res/"):
             status = topic.split("/")[3]
             rid = query(topic).get("$rid", "")
-            fut = self._methods.get((dev, rid))
+            fut = self._methods.get((dev, rid), (None, None))[0]
             if fut and not fut.done() and status.isdigit():
                 try:
                     payload = json.loads(bytes(data)) if data else None
@@ -166,10 +171,11 @@ class Hub:
         async with lock:
             for msg in self.registry.pending_c2d(device_id):
                 topic = "devices/%s/messages/devicebound/%s" % (device_id, encode_bag(msg["properties"]))
-                if handler.subscription_qos(topic) is None:
+                qos = handler.subscription_qos(topic)
+                if qos is None:
                     return
-                try:
-                    await handler.mqtt_publish(topic, msg["body"], 1, retain=False)
+                try:  # QoS 1 (the usual subscription): completed only when the device acknowledges it
+                    await handler.mqtt_publish(topic, msg["body"], qos, retain=False)
                 except Exception as exc:
                     log.info("C2D to %s not acknowledged (%s): kept for the next connection",
                              device_id, type(exc).__name__)
@@ -200,7 +206,7 @@ class Hub:
             raise MethodError(404, "device is not online (or not subscribed to direct methods)")
         rid = "%x" % next(self._rids)
         fut = asyncio.get_running_loop().create_future()
-        self._methods[(device_id, rid)] = fut
+        self._methods[(device_id, rid)] = (fut, handler)
         try:
             topic = "$iothub/methods/POST/%s/?$rid=%s" % (name, rid)
             if not await self.send(handler, topic, json.dumps(payload).encode()):

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import re
+import uuid
 
 from aiohttp import web
 
@@ -169,7 +170,7 @@ def make_app(hub):
                 not all(isinstance(k, str) and isinstance(v, str) for k, v in props.items()):
             return _error(400, "body must be {\"body\": string, \"properties\": {string: string}}")
         props = dict(props)
-        props.setdefault("$.mid", "upyhub-%d" % (registry.db.execute("SELECT COUNT(*) FROM c2d").fetchone()[0] + 1))
+        props.setdefault("$.mid", str(uuid.uuid4()))
         props["$.to"] = "/devices/%s/messages/devicebound" % device_id
         seq = await hub.send_c2d(device_id, body.encode(), props)
         return web.json_response({"messageId": props["$.mid"], "seq": seq})
