@@ -57,13 +57,95 @@ def mpy_cross(src, out, march=None):
         raise UsageError("mpy-cross failed on %s: %s" % (src, msg[-1] if msg else "unknown error"))
 
 
+def manifest_files(board):
+    """The files boards/<board>/manifest.py freezes from this repo, checked.
+
+    A manifest is MicroPython's (tools/manifestfile.py): include/require/package/module/freeze.
+    Paths with $(...) variables belong to MicroPython's own tree and are left to the port
+    build. Raises UsageError when a named file or folder is missing, or when a firmware module
+    or the board module is not frozen. Returns [] for a board without a manifest (unix).
+    """
+    manifest = paths.BOARDS / board / "manifest.py"
+    if not manifest.exists():
+        return []
+    here = manifest.parent
+    named, problems = [], []
+
+    def local(base_path, rel):
+        if "$(" in base_path or "$(" in rel:
+            return None
+        return (here / base_path / rel).resolve()
+
+    def package(package_path, files=None, base_path=".", opt=None):
+        root = local(base_path, package_path)
+        if root is None:
+            return
+        if not root.is_dir():
+            problems.append("package %s: no folder %s" % (package_path, root))
+            return
+        for f in (files or sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))):
+            module(f, base_path=str(root))
+
+    def module(module_path, base_path=".", opt=None):
+        path = local(base_path, module_path)
+        if path is None:
+            return
+        if not path.is_file():
+            problems.append("module %s: no file %s" % (module_path, path))
+        else:
+            named.append(path)
+
+    def freeze(path, script=None, opt=None):
+        root = local(".", path)
+        if root is None:
+            return
+        if script is not None:
+            for f in ([script] if isinstance(script, str) else script):
+                module(f, base_path=str(root))
+        elif not root.is_dir():
+            problems.append("freeze %s: no folder %s" % (path, root))
+        else:
+            named.extend(sorted(root.rglob("*.py")))
+
+    def include(manifest_path, **kw):
+        for m in ([manifest_path] if isinstance(manifest_path, str) else manifest_path):
+            if "$(" not in m and not (here / m).exists():
+                problems.append("include %s: not found" % m)
+
+    def ignore(*a, **kw):
+        pass
+
+    env = {"package": package, "module": module, "freeze": freeze, "include": include, "require": ignore,
+           "metadata": ignore, "add_library": ignore, "options": type("Options", (), {})()}
+    try:
+        exec(compile(manifest.read_text(), str(manifest), "exec"), env)
+    except Exception as exc:  # a manifest is code: report what broke, in one line
+        raise UsageError("%s: %s: %s" % (manifest, type(exc).__name__, exc))
+    wanted = [src for src, rel in sources(board) if rel.name not in SOURCE_ONLY and "umqtt" not in rel.parts]
+    for src in wanted:
+        if src.resolve() not in named:
+            problems.append("%s is not frozen by the manifest" % _show(src))
+    if problems:
+        raise UsageError("%s: %s" % (_show(manifest), "; ".join(problems)))
+    return named
+
+
+def _show(path):
+    try:
+        return str(path.relative_to(paths.ROOT))
+    except ValueError:
+        return str(path)
+
+
 def build(board, out, quiet=False):
     """Compile into a fresh temporary tree, then swap it in: never a half-built output."""
+    frozen = manifest_files(board)
     out = pathlib.Path(out)
     tmp = out.with_name("%s.tmp-%d" % (out.name, os.getpid()))
     shutil.rmtree(tmp, ignore_errors=True)
     march = BOARDS[board] if board in BOARDS else None
     count = 0
+    built = set()
     for src, rel in sources(board):
         dest = tmp / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +153,13 @@ def build(board, out, quiet=False):
             shutil.copyfile(src, dest)
         else:
             mpy_cross(src, dest.with_suffix(".mpy"), march)
+            built.add(src.resolve())
         count += 1
+    for i, src in enumerate(p for p in frozen if p not in built):  # what only the manifest names
+        check = tmp / ".manifest-check" / ("%d.mpy" % i)
+        check.parent.mkdir(parents=True, exist_ok=True)
+        mpy_cross(src, check, march)
+    shutil.rmtree(tmp / ".manifest-check", ignore_errors=True)
     old = out.with_name("%s.old-%d" % (out.name, os.getpid()))
     if out.exists():
         os.replace(out, old)
@@ -79,4 +167,6 @@ def build(board, out, quiet=False):
     shutil.rmtree(old, ignore_errors=True)
     if not quiet:
         print("built %d files for %s into %s" % (count, board, out))
+        if frozen:
+            print("manifest: boards/%s/manifest.py freezes %d files, all present and compiling" % (board, len(frozen)))
     return count

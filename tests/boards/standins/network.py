@@ -1,0 +1,91 @@
+# Stand-in for a board's `network` module (the Wi-Fi radio), for tests on the unix port.
+# Each connect() takes the next outcome from SCENARIO ("ok" when empty):
+#   "ok"              joins, then has an address
+#   "ap-not-found"    the radio reports no such access point
+#   "wrong-password"  the access point refuses the key
+#   "dhcp-timeout"    joins the access point but never gets an address
+#   "silent"          nothing ever answers
+#   "refused"         connect() itself raises OSError (driver busy)
+# LOG records the calls. use("esp32") / use("rp2") switches the status codes to that port's.
+import time
+
+STA_IF = 0
+AP_IF = 1
+SCENARIO = []
+LOG = []
+JOIN_MS = 30  # how long joining takes before the outcome shows
+BROKEN = False  # True: no Wi-Fi interface at all
+_state = {"active": False, "outcome": None, "since": 0}
+
+
+def use(flavour):
+    g = globals()
+    g["FLAVOUR"] = flavour
+    if flavour == "esp32":  # ports/esp32/modnetwork_globals.h (IDF wifi reason codes)
+        g.update(STAT_IDLE=1000, STAT_CONNECTING=1001, STAT_GOT_IP=1010, STAT_BEACON_TIMEOUT=200,
+                 STAT_NO_AP_FOUND=201, STAT_WRONG_PASSWORD=202, STAT_ASSOC_FAIL=203, STAT_CONNECT_FAIL=203,
+                 STAT_HANDSHAKE_TIMEOUT=204)
+    else:  # extmod/network_cyw43.c: CYW43 link status
+        g.update(STAT_IDLE=0, STAT_CONNECTING=1, STAT_GOT_IP=3, STAT_CONNECT_FAIL=-1, STAT_NO_AP_FOUND=-2,
+                 STAT_WRONG_PASSWORD=-3)
+
+
+use("esp32")
+
+
+def _joined():
+    return time.ticks_diff(time.ticks_ms(), _state["since"]) >= JOIN_MS
+
+
+class WLAN:
+    def __init__(self, itf=STA_IF):
+        if BROKEN:
+            raise OSError(19)  # ENODEV
+        self.itf = itf
+
+    def active(self, value=None):
+        if value is None:
+            return _state["active"]
+        LOG.append(("active", bool(value)))
+        _state["active"] = bool(value)
+
+    def connect(self, ssid, key=None):
+        outcome = SCENARIO.pop(0) if SCENARIO else "ok"
+        LOG.append(("connect", ssid, key))
+        if not _state["active"]:
+            raise OSError(1)  # the real driver refuses while inactive
+        if outcome == "refused":
+            raise OSError(16)  # EBUSY
+        _state["outcome"] = outcome
+        _state["since"] = time.ticks_ms()
+
+    def disconnect(self):
+        LOG.append(("disconnect",))
+        _state["outcome"] = None
+
+    def isconnected(self):
+        return _state["outcome"] == "ok" and _joined()
+
+    def status(self, param=None):
+        outcome = _state["outcome"]
+        if param == "rssi":
+            if outcome in ("ok", "dhcp-timeout") and _joined():
+                return -58
+            raise OSError(128)  # ENOTCONN: RSSI exists only once associated
+        if param is not None:
+            raise ValueError("unknown status param")
+        if outcome is None:
+            return STAT_IDLE  # noqa: F821 (set by use())
+        if not _joined() or outcome == "silent":
+            return STAT_CONNECTING  # noqa: F821
+        if outcome == "ok":
+            return STAT_GOT_IP  # noqa: F821
+        if outcome == "ap-not-found":
+            return STAT_NO_AP_FOUND  # noqa: F821
+        if outcome == "wrong-password":
+            return STAT_WRONG_PASSWORD  # noqa: F821
+        # dhcp-timeout: ESP32 still says "connecting"; the CYW43 says joined-without-IP (2).
+        return STAT_CONNECTING if FLAVOUR == "esp32" else 2  # noqa: F821
+
+    def ifconfig(self):
+        return ("10.0.0.7" if self.isconnected() else "0.0.0.0", "255.255.255.0", "10.0.0.1", "10.0.0.1")
