@@ -11,7 +11,6 @@ import logging
 import time
 import urllib.parse
 
-from upyhub.hub.registry import PreconditionFailed  # noqa: F401  (re-exported for the service API)
 
 log = logging.getLogger("upyhub.hub")
 MAX_SUBSCRIPTIONS = 5
