@@ -2,6 +2,7 @@
 # app on an IoT Hub session. Source stays small: the work is in lib/ (.mpy).
 import gc
 import sys
+import time
 
 import board
 from iothub import transport
@@ -55,7 +56,12 @@ def start():
     secrets = None
     import app
 
-    app.run(s, board, cfg)
+    try:
+        app.run(s, board, cfg)
+    except Exception as e:  # never sit dead in the REPL: log, then start over
+        print("main: crashed: %r; resetting in 5 s" % e)
+        time.sleep(5)
+        board.reset()
 
 
 start()

@@ -49,7 +49,7 @@ class Session:
         self.on_desired = None  # f(desired: dict, version: int), full twin or patch, in $version order
         self.on_twin = None  # f(twin: dict) after get_twin()
         self.on_method = None  # f(name, payload) -> (status, payload)
-        self.max_queue = 32
+        self.max_queue = 16  # telemetry kept while offline (~200 bytes each on the heap)
         self.connected = False
         self.refused = None  # CONNACK code while the hub refuses us
         self.connects = 0

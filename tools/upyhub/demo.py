@@ -1,31 +1,114 @@
-"""`make demo` (stage 1, until the device session lands): mint a token on the unix port, verify it on the host."""
-import base64
+"""`make demo`: a local IoT hub and a simulated board running the real firmware against it.
+
+Starts the local hub (build/demo/hub), registers a device, writes its flash folder
+(build/demo/flash), runs boot.py + main.py from build/mpy on the unix port, and prints what the
+device logs and what reaches the hub. After a few readings it changes the desired
+`telemetryInterval` and calls the `ping` direct method, through the hub's service API.
+Ctrl-C stops the device and the hub. `--messages N` stops by itself after N readings.
+"""
+import argparse
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
-from upyhub import paths, sas
+from upyhub import paths, sim
 
-HUB = "localhub.azure-devices.net"
 DEVICE = "demo-device-1"
+DEMO = paths.BUILD / "demo"
+_out = threading.Lock()
 
 
-def main():
-    key = base64.b64encode(os.urandom(32)).decode()  # a throwaway per-device key, never printed
-    code = "from iothub import sas\nprint(sas.device_token(%r, %r, %r, ttl=300))" % (HUB, DEVICE, key)
-    env = dict(os.environ, MICROPYPATH=str(paths.BUILD / "mpy" / "lib"))
-    out = subprocess.run([paths.micropython(), "-X", "heapsize=32K", "-c", code], capture_output=True, text=True,
-                         env=env)
-    if out.returncode != 0:
-        print("demo: the device library failed: %s" % out.stderr.strip().splitlines()[-1], file=sys.stderr)
-        return 1
-    token = out.stdout.strip()
-    parsed = sas.parse(token)
-    ok = parsed.valid_signature(base64.b64decode(key)) and not parsed.expired()
-    print("device (MicroPython unix port, .mpy, 32K heap) minted a token for %s" % parsed.sr)
-    print("  expires at se=%d (in 300 s); signature hidden" % parsed.se)
-    print("host (CPython hmac) verification: %s" % ("valid" if ok else "INVALID"))
-    return 0 if ok else 1
+def say(who, text):
+    with _out:
+        print("%-6s| %s" % (who, text), flush=True)
+
+
+def start_hub(data):
+    subprocess.run([sys.executable, "-m", "upyhub", "hub", "init", "--data", str(data)], check=True,
+                   capture_output=True, timeout=120)
+    proc = subprocess.Popen([sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(data), "--bind",
+                             "127.0.0.1", "--port", "0", "--https-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in proc.stdout:
+        if line.startswith("mqtt_port="):
+            break
+        if line.strip():
+            say("hub", line.rstrip())
+    else:
+        raise SystemExit("demo: the local hub did not start")
+    threading.Thread(target=_pump, args=(proc, "hub"), daemon=True).start()
+    return proc
+
+
+def _pump(proc, who):
+    for line in proc.stdout:
+        say(who, line.rstrip())
+
+
+def stop(proc):
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops the demo as cleanly as Ctrl-C
+
+
+def main(argv=None):
+    signal.signal(signal.SIGTERM, _interrupt)
+    ap = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=0, help="stop after this many readings reach the hub")
+    ap.add_argument("--interval", type=float, default=2.0, help="seconds between readings (default 2)")
+    args = ap.parse_args(argv)
+    shutil.rmtree(DEMO, ignore_errors=True)  # a fresh hub and board every run
+    hub = dev = None
+    try:
+        hub = start_hub(DEMO / "hub")
+        cfg = sim.provision_local(DEMO / "flash", DEVICE, DEMO / "hub", telemetry_interval=args.interval)
+        _, _, _, service, _ = sim.hub_info(DEMO / "hub")
+        say("demo", "registered %s on %s; its flash folder is %s" % (DEVICE, cfg["hostname"], DEMO / "flash"))
+        dev = sim.start(DEMO / "flash", start_new_session=True)
+        say("demo", "running the firmware (build/mpy) on the MicroPython unix port; Ctrl-C stops")
+        threading.Thread(target=_pump, args=(dev, "device"), daemon=True).start()
+        seen, since = 0, 0
+        while True:
+            if dev.poll() is not None:
+                say("demo", "the device stopped (exit %d)" % dev.returncode)
+                return 1
+            for m in service.telemetry(DEVICE, since=since, wait=2):
+                since = max(since, m["seq"])
+                seen += 1
+                say("hub", "telemetry from %s: %s  properties %s" % (m["deviceId"], m["body"],
+                                                                        json.dumps(m["properties"])))
+                if seen == 3:
+                    say("demo", "service: set desired telemetryInterval = %g s" % (args.interval * 2))
+                    service.update_twin(DEVICE, {"telemetryInterval": args.interval * 2})
+                    status, payload = service.invoke_method(DEVICE, "ping", {"from": "demo"}, timeout=30)
+                    say("demo", "service: direct method ping -> %d %s" % (status, json.dumps(payload)))
+            if args.messages and seen >= args.messages:
+                reported = service.get_twin(DEVICE)["properties"]["reported"]
+                say("demo", "twin reported: %s" % json.dumps({k: v for k, v in reported.items()
+                                                               if not k.startswith("$")}))
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(dev)
+        stop(hub)
+        time.sleep(0.2)  # let the pumps print the last lines
+        with _out:
+            print("demo: stopped (device and hub)", flush=True)
 
 
 if __name__ == "__main__":

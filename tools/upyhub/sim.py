@@ -70,3 +70,79 @@ def start(flash, *, source=False, heapsize=None, tree=None, path_extra=(), stdou
     argv, env = command(flash, source=source, heapsize=heapsize, tree=tree, path_extra=path_extra)
     return subprocess.Popen(argv, env=env, cwd=str(pathlib.Path(flash).resolve()), stdout=stdout,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, **kw)
+
+
+def hub_info(data_dir):
+    """(hostname, host, mqtt_port, service client, CA PEM) of a running local hub (its data folder)."""
+    from upyhub.hub import pki as pki_mod
+    from upyhub.hub.client import ServiceClient
+    from upyhub.hub.registry import Registry
+
+    data = pathlib.Path(data_dir)
+    serve = data / "serve.json"
+    if not serve.is_file():
+        raise UsageError("no local hub is running with data folder %s: start it with `upyhub hub serve --data %s`"
+                         % (data, data))
+    info = json.loads(serve.read_text())
+    pki = pki_mod.PKI(data)
+    reg = Registry(data)
+    try:
+        cs = reg.connection_string(pki.hostname, "iothubowner")
+    finally:
+        reg.close()
+    host = info.get("host") or "127.0.0.1"
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    client = ServiceClient(cs, pki.ca_path(), host=host, port=info["https_port"])
+    return pki.hostname, host, info["mqtt_port"], client, pki.ca_path().read_bytes()
+
+
+def provision_local(flash, device_id, hub_data, **settings):
+    """Register device_id on the running local hub (or reuse it) and write its flash folder."""
+    from upyhub.hub.client import ServiceError
+
+    hostname, host, port, client, ca = hub_info(hub_data)
+    try:
+        doc = client.get_device(device_id)
+    except ServiceError as e:
+        if getattr(e, "status", None) != 404:
+            raise UsageError("the hub refused to look up %s: %s" % (device_id, e))
+        doc = client.put_device(device_id)
+    keys = doc.get("authentication", {}).get("symmetricKey") or {}
+    if not keys.get("primaryKey"):
+        raise UsageError("device %s is not a SAS device on this hub" % device_id)
+    return write_flash(flash, hostname=hostname, device_id=device_id, device_key=keys["primaryKey"], ca_pem=ca,
+                       port=port, gateway=host, **settings)
+
+
+def run(flash, *, heapsize=None, source=False, tree=None, restarts=True, out=None):
+    """Run the firmware in the foreground like a board: a reset (exit 0) boots it again.
+    Returns the exit status of the last run; Ctrl-C stops it cleanly."""
+    import sys
+
+    out = out or sys.stdout
+    while True:
+        # own session: Ctrl-C reaches this process only, which then stops the firmware quietly
+        proc = start(flash, heapsize=heapsize, source=source, tree=tree, stdout=subprocess.PIPE,
+                     start_new_session=True)
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+            code = proc.wait()
+        except KeyboardInterrupt:
+            stop(proc)
+            raise
+        if code != 0 or not restarts:
+            return code
+        out.write("sim: board reset: booting again\n")
+
+
+def stop(proc, timeout=10):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
