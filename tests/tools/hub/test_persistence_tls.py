@@ -185,3 +185,24 @@ def test_device_ca_registered_with_ca_trust(mhub, tmp_path):
         assert d.wait_connack() == 0
     finally:
         d.close()
+
+
+def mqtt_str(s):
+    b = s.encode()
+    return len(b).to_bytes(2, "big") + b
+
+
+def test_silent_client_dropped_after_keepalive(mhub):
+    """A client that goes quiet is closed after 1.5 x its keep-alive (here 2 s), as Azure does."""
+    key = mhub.add_device("quiet")
+    body = (mqtt_str("MQTT") + bytes([4, 0xC2]) + (2).to_bytes(2, "big") + mqtt_str("quiet")
+            + mqtt_str("%s/quiet/?api-version=2021-04-12" % mhub.hostname) + mqtt_str(token(mhub, "quiet", key)))
+    assert len(body) < 16384  # remaining length: two bytes of varint
+    ctx = ssl.create_default_context(cafile=str(mhub.ca_path))
+    with socket.create_connection((mhub.host, mhub.mqtt_port), timeout=60) as raw:
+        with ctx.wrap_socket(raw, server_hostname=mhub.hostname) as s:
+            s.sendall(bytes([0x10, (len(body) & 0x7F) | 0x80, len(body) >> 7]) + body)
+            assert s.recv(4) == bytes([0x20, 2, 0, 0])  # CONNACK accepted
+            wait_for(lambda: mhub.service.get_device("quiet")["connectionState"] == "Connected")
+            assert s.recv(1) == b""  # then nothing from us: the hub closes the connection
+    assert "keep-alive expired" in mhub.log()
