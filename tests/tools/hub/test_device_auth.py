@@ -167,6 +167,18 @@ def test_qos2_publish_closes(mhub, keys, victim):
     still_fine(mhub, victim)
 
 
+def test_message_over_256kb_closes(mhub, keys, victim):
+    d = connected_other(mhub, keys)
+    try:
+        d.publish("devices/other/messages/events/", b"x" * (256 * 1024), qos=1).wait_for_publish(30)  # the limit
+        assert d.connected
+        d.publish("devices/other/messages/events/", b"x" * (256 * 1024 + 1), qos=1)
+        d.wait_disconnected()
+    finally:
+        d.close()
+    still_fine(mhub, victim)
+
+
 @pytest.mark.parametrize("flt", ["devices/dev1/messages/devicebound/#", "#", "$iothub/#", "devices/+/messages/#"])
 def test_forbidden_subscribe_closes(mhub, keys, victim, flt):
     d = connected_other(mhub, keys)

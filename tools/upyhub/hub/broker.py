@@ -11,6 +11,7 @@ traffic comes from the hub), so the session part of amqtt's Broker is replaced h
 - Keep-alive: the connection is closed after 1.5 x the client's keep-alive without traffic (cap 1767 s).
 """
 import asyncio
+import functools
 import logging
 
 from amqtt.broker import Broker
@@ -26,6 +27,7 @@ from upyhub.hub import auth, engine
 log = logging.getLogger("upyhub.hub")
 CONNECT_TIMEOUT = 30
 KEEPALIVE_CAP = 1767
+MAX_MESSAGE = 256 * 1024  # IoT Hub's device-to-cloud limit
 
 
 class HubHandler(BrokerProtocolHandler):
@@ -57,6 +59,8 @@ class HubHandler(BrokerProtocolHandler):
         topic = packet.topic_name or ""
         if packet.qos == 2:
             return self.close("QoS 2 publish")
+        if len(packet.data or b"") > MAX_MESSAGE:
+            return self.close("message larger than 256 KB")
         if not await self.hub.on_publish(self, topic, packet.data or b""):
             return self.close("publish to a topic it may not use")
         if packet.qos == 1:
@@ -88,12 +92,18 @@ class HubHandler(BrokerProtocolHandler):
 
 
 class HubBroker(Broker):
-    def __init__(self, config, hub, tls):
-        self.hub, self.tls = hub, tls
+    """amqtt's Broker on a socket bound by the caller (port 0 without a race), with the hub's TLS contexts."""
+
+    def __init__(self, config, hub, tls, sock):
+        self.hub, self.tls, self.sock = hub, tls, sock
         super().__init__(config)
 
     def _create_ssl_context(self, listener):
         return self.tls.mqtt_listener
+
+    async def _create_server_instance(self, listener_name, listener_type, address, port, ssl_context):
+        return await asyncio.start_server(functools.partial(self.stream_connected, listener_name=listener_name),
+                                          sock=self.sock, ssl=ssl_context)
 
     def port(self, listener="default"):
         return self._servers[listener].instance.sockets[0].getsockname()[1]

@@ -11,17 +11,14 @@ import logging
 import time
 import urllib.parse
 
+from upyhub.sas import quote
 
 log = logging.getLogger("upyhub.hub")
 MAX_SUBSCRIPTIONS = 5
 
 
-def quote(s):
-    return urllib.parse.quote(str(s), safe="")
-
-
 def encode_bag(props):
-    return "&".join("%s=%s" % (quote(k), quote(v)) for k, v in props.items())
+    return "&".join("%s=%s" % (quote(k), quote(str(v))) for k, v in props.items())
 
 
 def decode_bag(bag):

@@ -55,19 +55,23 @@ async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None):
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_exception_handler)
 
-    # the MQTT port is bound here first, so a busy port is a clear error and port 0 is known
+    # both ports are bound here, so a busy port is a clear error and port 0 is known
     mqtt_sock = _listen(bind, port)
     mqtt_port = mqtt_sock.getsockname()[1]
-    mqtt_sock.close()
-    https_sock = _listen(bind, https_port)
+    try:
+        https_sock = _listen(bind, https_port)
+    except UsageError:
+        mqtt_sock.close()
+        raise
     cert, key = pki.server_paths()  # amqtt checks they exist; the context itself comes from ServerTLS
     config = {"listeners": {"default": {"type": "tcp", "bind": "%s:%d" % (bind, mqtt_port), "ssl": True,
                                         "certfile": str(cert), "keyfile": str(key)}},
               "plugins": {}}
-    mqtt = broker.HubBroker(config, hub, ctx)
+    mqtt = broker.HubBroker(config, hub, ctx, mqtt_sock)
     try:
         await mqtt.start()
     except Exception as e:
+        mqtt_sock.close()
         https_sock.close()
         raise UsageError("cannot start the MQTT endpoint on %s:%d: %s" % (bind, mqtt_port, e)) from None
     runner = web.AppRunner(service.make_app(hub), access_log=None, handle_signals=False)
