@@ -147,9 +147,53 @@ def client(client_id, address, port, user, password, keepalive, tls_params):
         return MQTTClient(client_id, address, port, user, password, keepalive, ssl=w)
 
 
-def roots_source(root, certs_dir):
-    # The root store main hands the session: roots_for_connect() -> (CA data, slot),
-    # tls_ok(slot), tls_failed(slot) (lib/iothub/certstore.py).
-    from iothub import certstore
+class Roots:
+    # The root certificate store (lib/iothub/certstore.py), loaded only when it has work to do:
+    # with its X.509 reader it is ~15-20 KB of code a running session does not need between
+    # handshakes. Same calls as certstore.Store: roots_for_connect() -> (data, slot),
+    # tls_ok(slot), tls_failed(slot). The outcome of the active set is only a count the store
+    # keeps in RAM (failures in a row, which send it to the fallback set); that count lives
+    # here, so the store is loaded after a handshake only for a staged or fallback set.
+    def __init__(self, certs_dir):
+        self.dir = certs_dir
+        self._failures = 0
 
-    return certstore.Store(root.rstrip("/") + "/" + certs_dir)
+    def _call(self, name, *args):
+        from iothub import certstore
+
+        s = certstore.Store(self.dir)
+        s._active_failures = self._failures
+        try:
+            return getattr(s, name)(*args)
+        finally:
+            self._failures = s._active_failures
+            s = certstore = None
+            _unload("certstore", "x509")
+
+    def roots_for_connect(self):
+        return self._call("roots_for_connect")
+
+    def tls_ok(self, slot):
+        if slot == "active":
+            self._failures = 0
+        else:
+            self._call("tls_ok", slot)
+
+    def tls_failed(self, slot):
+        if slot == "active":
+            self._failures += 1
+        else:
+            self._call("tls_failed", slot)
+
+
+def _unload(*names):
+    import iothub
+
+    for n in names:
+        iothub.__dict__.pop(n, None)
+        sys.modules.pop("iothub." + n, None)
+
+
+def roots_source(root, certs_dir):
+    # What main hands the session as its root store.
+    return Roots(root.rstrip("/") + "/" + certs_dir)
