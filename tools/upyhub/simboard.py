@@ -32,13 +32,14 @@ from upyhub.errors import UsageError
 
 RUNTIME = pathlib.Path(__file__).with_name("simboard_runtime.py")
 # Reads the runtime's source from the job pipe (fd in argv[1]) and runs it as "simboard".
+# The runtime keeps using the same file object: a second one on the fd would close it when
+# the first is garbage-collected.
 BOOTSTRAP = """import sys
-f = open(int(sys.argv[1]), 'rb')
-n = int(f.readline())
+_jobs = open(int(sys.argv[1]), 'rb')
+n = int(_jobs.readline())
 s = b''
 while len(s) < n:
-    s += f.read(n - len(s))
-del f
+    s += _jobs.read(n - len(s))
 exec(compile(s, 'simboard', 'exec'))
 """
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"

@@ -16,7 +16,8 @@ import time
 import vfs
 import micropython
 
-_cin = open(int(sys.argv[1]), "rb")
+_cin = _jobs  # noqa: F821 (the bootstrap's file object on the job pipe)
+globals().pop("s", None)  # the bootstrap's copy of this source: RAM a board would not spend
 _cout = open(int(sys.argv[2]), "wb")
 _conf = json.loads(_cin.readline())
 _ROOT, _QUOTA, _UID = _conf["root"], _conf["size"], _conf["uid"]

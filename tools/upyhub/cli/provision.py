@@ -1,0 +1,107 @@
+"""upyhub provision: one board (or a batch) gets its own key, config, roots and firmware; the hub knows it."""
+import os
+import sys
+
+from upyhub import build, certs, provision
+from upyhub.errors import UsageError
+
+
+def register(sub):
+    p = sub.add_parser("provision", help="provision a board over mpremote: hub identity, key, config, roots, firmware",
+                       description="Secrets are read from files or the environment, never from the command line: "
+                                   "the hub connection string from --hub-cs-file or $UPYHUB_HUB_CS, the Wi-Fi "
+                                   "password from --wifi-password-file or $UPYHUB_WIFI_PASSWORD.")
+    p.add_argument("port", nargs="?", help="the board's serial port (or a sim-board's pty)")
+    p.add_argument("--device-id", help="the device id to provision")
+    p.add_argument("--batch", metavar="CSV", help="provision many boards: rows of port,device_id[,wifi_ssid]")
+    p.add_argument("--board", required=True, choices=sorted(build.BOARDS))
+    p.add_argument("--hub-cs-file", help="file with a policy connection string that has RegistryReadWrite")
+    p.add_argument("--hub-ca", help="CA certificate(s) to check the hub's HTTPS service with (default: system)")
+    p.add_argument("--gateway", help="address to connect to instead of the hub's hostname (TLS still checks it)")
+    p.add_argument("--https-port", type=int, default=443)
+    p.add_argument("--mqtt-port", type=int, default=8883)
+    p.add_argument("--roots", help="root certificates the board trusts (default: --hub-ca, else Azure's roots)")
+    p.add_argument("--wifi-ssid")
+    p.add_argument("--wifi-password-file")
+    p.add_argument("--group-key-file", help="derive the device key from this DPS group enrollment key")
+    p.add_argument("--rotate-key", action="store_true", help="give the device a new key (hub and board together)")
+    p.add_argument("--no-reset", action="store_true", help="leave the board without resetting it at the end")
+    p.add_argument("--timeout", type=int, default=120, help="seconds per board session (default 120)")
+    p.set_defaults(func=run)
+
+
+def _options(args):
+    if args.hub_cs_file:
+        cs = provision.read_secret_file(args.hub_cs_file, "hub connection string")
+    else:
+        cs = os.environ.get("UPYHUB_HUB_CS", "").strip()
+        if not cs:
+            raise UsageError("give the hub connection string with --hub-cs-file or $UPYHUB_HUB_CS")
+    pw = None
+    if args.wifi_password_file:
+        pw = provision.read_secret_file(args.wifi_password_file, "Wi-Fi password")
+    elif os.environ.get("UPYHUB_WIFI_PASSWORD"):
+        pw = os.environ["UPYHUB_WIFI_PASSWORD"]
+    group = provision.read_secret_file(args.group_key_file, "group key") if args.group_key_file else None
+    roots_file = args.roots or args.hub_ca
+    roots = certs.read_file(roots_file, "root certificate file") if roots_file else None
+    if args.hub_ca and not os.path.isfile(args.hub_ca):
+        raise UsageError("hub CA file not found: %s" % args.hub_ca)
+    return provision.Options(args.port, args.device_id, cs, board=args.board, hub_ca=args.hub_ca,
+                             gateway=args.gateway, https_port=args.https_port, mqtt_port=args.mqtt_port, roots=roots,
+                             wifi_ssid=args.wifi_ssid, wifi_password=pw, group_key=group, rotate=args.rotate_key,
+                             reset=not args.no_reset, timeout=args.timeout)
+
+
+def _say(msg):
+    print("  " + msg, file=sys.stderr)
+
+
+def _line(s):
+    return "%s on %s: hub %s, %s, token %s" % (
+        s["device_id"], s["port"], s["hub"], ("wrote " + ", ".join(s["changed"][:4]) +
+                                              (" and %d more" % (len(s["changed"]) - 4) if len(s["changed"]) > 4 else ""))
+        if s["changed"] else "nothing to write", s["check"])
+
+
+def run(args):
+    if args.batch:
+        if args.port or args.device_id:
+            raise UsageError("--batch takes ports and device ids from the CSV, not the command line")
+        return _batch(args)
+    if not args.port or not args.device_id:
+        raise UsageError("give a port and --device-id (or --batch CSV)")
+    summary = provision.provision(_options(args), say=_say)
+    print(_line(summary))
+
+
+def _batch(args):
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    rows = provision.load_batch(args.batch)
+    args.port, args.device_id = rows[0]["port"], rows[0]["device_id"]
+    base = _options(args)
+    results = []
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("provisioning", total=len(rows))
+        for row in rows:
+            opts = provision.copy_options(base, port=row["port"], device_id=row["device_id"],
+                                          wifi_ssid=row["wifi_ssid"] or base.wifi_ssid)
+            try:
+                s = provision.provision(opts, say=lambda m: None)
+                results.append((row, "ok", "hub %s, %d files written" % (s["hub"], len(s["changed"]))))
+            except UsageError as exc:
+                results.append((row, "FAILED", str(exc)))
+            bar.advance(task)
+    table = Table(title="provisioning summary")
+    for col in ("port", "device id", "result", "detail"):
+        table.add_column(col)
+    for row, status, detail in results:
+        table.add_row(row["port"], row["device_id"], status, detail)
+    Console().print(table)
+    failed = sum(1 for r in results if r[1] != "ok")
+    print("%d of %d boards provisioned" % (len(rows) - failed, len(rows)))
+    return 1 if failed else 0

@@ -1,0 +1,106 @@
+"""A board on a serial port, driven by the real mpremote (a subprocess per session).
+
+Provisioning and audits talk to boards only through this: every call is one mpremote
+connection with a deadline (mpremote itself waits forever on a port that stays silent), and
+results come back as one tagged JSON line printed by code run on the board.
+"""
+import json
+import os
+import subprocess
+import sys
+
+from upyhub.errors import UsageError
+
+# Run on the board: the whole filesystem with [SHA-256, size] of each file (folders end in /), free space, and what the
+# secrets file holds as key names plus the device key's SHA-256 (the key itself stays there).
+SNAPSHOT = r"""
+import os, json, hashlib, binascii
+def _h(p):
+    d = hashlib.sha256()
+    with open(p, 'rb') as f:
+        while True:
+            b = f.read(512)
+            if not b:
+                break
+            d.update(b)
+    return binascii.hexlify(d.digest()).decode()
+def _walk(p, out):
+    for e in os.ilistdir(p):
+        q = p + e[0] if p.endswith('/') else p + '/' + e[0]
+        if e[1] == 0x4000:
+            out[q + '/'] = ''
+            _walk(q, out)
+        else:
+            out[q] = [_h(q), os.stat(q)[6]]
+_files = {}
+_walk('/', _files)
+_snap = {'files': _files}
+try:
+    _s = os.statvfs('/')
+    _snap['free'] = _s[0] * _s[3]
+except Exception:
+    _snap['free'] = None
+try:
+    with open('/secrets.json') as f:
+        _sec = json.load(f)
+    _snap['secret_names'] = sorted(_sec)
+    _k = _sec.get('device_key')
+    _snap['key_sha'] = binascii.hexlify(hashlib.sha256(_k.encode()).digest()).decode() if isinstance(_k, str) else None
+except Exception:
+    _snap['secret_names'] = None
+try:
+    with open('/config.json') as f:
+        _snap['config'] = json.load(f)
+except Exception:
+    _snap['config'] = None
+print('UPYHUB-SNAP ' + json.dumps(_snap))
+"""
+
+
+class BoardError(UsageError):
+    """The board answered, but the code run on it failed (message: its last error line)."""
+
+
+class Board:
+    def __init__(self, port, timeout=120):
+        self.port = port
+        self.timeout = timeout
+
+    def mpremote(self, *args, timeout=None):
+        cmd = [sys.executable, "-m", "mpremote", "connect", self.port] + list(args)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or self.timeout,
+                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        except subprocess.TimeoutExpired:
+            raise UsageError("the board on %s did not answer within %d s" % (self.port, timeout or self.timeout))
+        if "failed to access" in proc.stderr or "no device found" in proc.stderr:
+            raise UsageError("cannot open %s: no board there, or another program holds it" % self.port)
+        if "could not enter raw repl" in (proc.stdout + proc.stderr):
+            raise UsageError("the board on %s does not answer MicroPython's raw REPL" % self.port)
+        return proc
+
+    def run(self, *args, timeout=None):
+        """mpremote commands that must succeed; returns stdout."""
+        proc = self.mpremote(*args, timeout=timeout)
+        if proc.returncode != 0:
+            raise BoardError("on %s: %s" % (self.port, _last_line(proc)))
+        return proc.stdout
+
+    def tagged(self, code, tag, timeout=None):
+        """Run code that prints `TAG json`; returns the decoded JSON."""
+        out = self.run("exec", code, timeout=timeout)
+        for line in out.splitlines():
+            if line.startswith(tag + " "):
+                return json.loads(line[len(tag) + 1:])
+        raise BoardError("on %s: the board printed no %s line" % (self.port, tag))
+
+    def snapshot(self):
+        return self.tagged(SNAPSHOT, "UPYHUB-SNAP")
+
+
+def _last_line(proc):
+    lines = (proc.stdout.strip() + "\n" + proc.stderr.strip()).strip().splitlines()
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip()[:300]
+    return "mpremote failed (status %d)" % proc.returncode

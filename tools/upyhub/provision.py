@@ -1,0 +1,474 @@
+"""Provision one board: hub identity, per-device key, configuration, roots and firmware, checked.
+
+`provision(opts)` for a board on a serial port (or the simulated board), in this order:
+  1. read the board (one mpremote session: every file's SHA-256, free space, the device key's
+     SHA-256 - the key itself is read back only when it must be registered on the hub);
+  2. choose the key: the one already on the board for this device id, else the one the hub
+     already has when it is derived from the group key, else 32 fresh random bytes (or the
+     derived key); refuse a device id the hub knows with other credentials;
+  3. write what differs: the root store first (a fresh board gets certs/active through the
+     device's own certstore writer, run here), then secrets.json and config.json (through a
+     temporary name and a rename), then register the key on the hub, then lib/ and boot.py/main.py;
+  4. on the board, mint a SAS token with the flashed key and connect to the hub with it
+     (MQTT CONNECT over TLS, the hub's answer is the check);
+  5. reset the board (mpremote's session interrupted its firmware), unless asked not to.
+Every step compares before it writes, so a re-run changes nothing on a provisioned board and
+an interrupted run converges when run again. `--rotate-key` rolls the key with the hub holding
+old and new (primary/secondary) until the board has proven the new one.
+Nothing that is not the device's own key goes to the board: the policy key, the group key and
+the connection string are refused in every file written.
+"""
+import base64
+import hashlib
+import json
+import os
+import pathlib
+import socket
+import ssl
+import struct
+import sys
+import tempfile
+import time
+
+from upyhub import build, certs, mpr, paths, sas
+from upyhub.errors import UsageError
+from upyhub.hub.client import ServiceClient, ServiceError
+
+SECRETS = "secrets.json"
+CONFIG = "config.json"
+
+
+class Options:
+    """What `upyhub provision` was asked (secrets come from files or the environment, never argv)."""
+
+    def __init__(self, port, device_id, hub_cs, board="esp32", hub_ca=None, gateway=None, https_port=443,
+                 mqtt_port=8883, roots=None, wifi_ssid=None, wifi_password=None, group_key=None, rotate=False,
+                 reset=True, timeout=120, ntp=("pool.ntp.org",), telemetry_interval=10):
+        self.port, self.device_id, self.hub_cs, self.board = port, device_id, hub_cs, board
+        self.hub_ca, self.gateway, self.https_port, self.mqtt_port = hub_ca, gateway, https_port, mqtt_port
+        self.roots, self.wifi_ssid, self.wifi_password = roots, wifi_ssid, wifi_password
+        self.group_key, self.rotate, self.reset, self.timeout = group_key, rotate, reset, timeout
+        self.ntp, self.telemetry_interval = list(ntp), telemetry_interval
+
+
+def _sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _key_sha(key):
+    return _sha(key.encode())
+
+
+def new_key():
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def device_tree(board):
+    """{flash path: bytes} of the compiled firmware for `board` (built fresh, checked)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "tree"
+        build.build(board, out, quiet=True)
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def fresh_cert_store(roots, certs_dir="certs"):
+    """{flash path: bytes} of a new root store holding `roots` as its active set (the device's writer)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        flash = pathlib.Path(tmp)
+        (flash / CONFIG).write_text(json.dumps({"certs_dir": certs_dir}))
+        certs.install_local(flash, roots, source="provision")
+        base = flash / certs_dir
+        return {(pathlib.Path(certs_dir) / p.relative_to(base)).as_posix(): p.read_bytes()
+                for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def _device_config():
+    lib = str(paths.LIB)
+    if lib not in sys.path:
+        sys.path.insert(0, lib)
+    from iothub import config
+
+    return config
+
+
+def make_config(opts, hostname):
+    cfg = {"hostname": hostname, "device_id": opts.device_id, "port": opts.mqtt_port, "auth": "sas",
+           "certs_dir": "certs", "ntp": opts.ntp, "telemetry_interval": opts.telemetry_interval}
+    if opts.gateway:
+        cfg["gateway"] = opts.gateway
+    if opts.wifi_ssid:
+        cfg["wifi"] = {"ssid": opts.wifi_ssid}
+    return cfg
+
+
+def _checked(cfg, secrets):
+    """The device's own config checker, run here: a board never gets a config it would refuse."""
+    config = _device_config()
+    try:
+        config.check(dict(cfg), dict(secrets))
+    except config.ConfigError as exc:
+        raise UsageError("refused before writing: %s" % exc)
+
+
+def guard(files, forbidden):
+    """Refuse to write a hub connection string, a policy key or a group key onto a board."""
+    for path, data in files.items():
+        text = data.decode("latin-1")
+        if "SharedAccessKeyName=" in text or ("HostName=" in text and "SharedAccessKey=" in text):
+            raise UsageError("refused: %s would hold a connection string; only the device key goes to a board" % path)
+        for secret in forbidden:
+            if secret and secret in text:
+                raise UsageError("refused: %s would hold a policy or group key; only the device key goes to a board"
+                                 % path)
+
+
+class _Hub:
+    def __init__(self, opts):
+        try:
+            self.cs = sas.parse_connection_string(opts.hub_cs)
+        except UsageError as exc:
+            raise UsageError("hub connection string: %s" % exc)
+        if "SharedAccessKeyName" not in self.cs:
+            raise UsageError("the hub connection string must be a policy's (SharedAccessKeyName=...), "
+                             "with RegistryReadWrite; a device connection string cannot register devices")
+        self.hostname = self.cs["HostName"]
+        self.policy_key = self.cs["SharedAccessKey"]
+        self.svc = ServiceClient(opts.hub_cs, opts.hub_ca or _default_ca(), host=opts.gateway, port=opts.https_port,
+                                 timeout=opts.timeout)
+
+    def call(self, what, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except ServiceError as exc:
+            if exc.status == 401:
+                raise UsageError("the hub refused the policy credentials while trying to %s (HTTP 401)" % what)
+            if exc.status == 403:
+                raise UsageError("the policy may not %s (HTTP 403): it needs RegistryReadWrite" % what)
+            raise UsageError("the hub answered HTTP %d while trying to %s: %s" % (exc.status, what, exc.message[:200]))
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError("cannot reach the hub's service API to %s: %s" % (what, _reason(exc)))
+
+    def get(self, device_id):
+        try:
+            return self.svc.get_device(device_id)
+        except ServiceError as exc:
+            if exc.status == 404:
+                return None
+            return self.call("read the device identity", self.svc.get_device, device_id)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError("cannot reach the hub's service API: %s" % _reason(exc))
+
+    def put(self, device_id, primary, secondary, etag=None):
+        return self.call("register the device key", self.svc.put_device, device_id, primary_key=primary,
+                         secondary_key=secondary, etag=etag)
+
+
+def _default_ca():
+    import certifi
+
+    return certifi.where()
+
+
+def _reason(exc):
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+
+
+def _keys(doc):
+    sym = ((doc or {}).get("authentication") or {}).get("symmetricKey") or {}
+    return sym.get("primaryKey"), sym.get("secondaryKey")
+
+
+def provision(opts, say=print):
+    """Provision the board on opts.port; returns a summary dict. Raises UsageError with one line."""
+    sas.check_device_id(opts.device_id)
+    if opts.group_key:
+        sas.derive_device_key(opts.group_key, opts.device_id)  # checks the id is a registration id too
+    hub = _Hub(opts)
+    roots = opts.roots if opts.roots is not None else certs.azure_bundle()
+    if certs.device_verdict(roots):
+        raise UsageError("the root certificates would be refused by the device: %s" % certs.device_verdict(roots))
+    forbidden = [hub.policy_key, opts.hub_cs.strip()] + ([opts.group_key] if opts.group_key else [])
+    board = mpr.Board(opts.port, opts.timeout)
+    tree = device_tree(opts.board)
+    say("reading the board on %s" % opts.port)
+    snap = board.snapshot()
+    files = snap["files"]
+    changed = []
+    summary = {"device_id": opts.device_id, "port": opts.port, "changed": changed, "hub": "unchanged"}
+
+    # --- the key ---
+    same_device = (snap.get("config") or {}).get("device_id") == opts.device_id
+    board_key_sha = snap.get("key_sha") if same_device else None
+    doc = hub.get(opts.device_id)
+    if doc is not None and (doc.get("authentication") or {}).get("type", "sas") != "sas":
+        raise UsageError("device %s exists on the hub with X.509 authentication: not a SAS device" % opts.device_id)
+    primary, secondary = _keys(doc)
+    derived = sas.derive_device_key(opts.group_key, opts.device_id) if opts.group_key else None
+    finish_rotation = None  # (primary, secondary) to set once the board has proven its key
+    hub_step = None  # (primary, secondary) to set before the board gets lib/ (the key is on it by then)
+    if opts.rotate:
+        key = derived if derived and derived not in (primary, secondary) else new_key()
+        if doc is None:
+            hub_step = (key, new_key())
+        else:
+            # Old and new both work until the board has proven the new one.
+            old = primary if board_key_sha == (primary and _key_sha(primary)) else secondary
+            hub_step = (old or primary, key)
+            finish_rotation = (key, new_key())
+        summary["hub"] = "rotated"
+    elif board_key_sha and doc is not None and board_key_sha in (_key_sha(primary or ""), _key_sha(secondary or "")):
+        key = None  # the board's key is one the hub accepts: keep it
+        if board_key_sha != _key_sha(primary or ""):
+            finish_rotation = (secondary, new_key())  # an interrupted rotation: finish it
+            summary["hub"] = "rotation finished"
+    elif doc is not None:
+        if derived and derived in (primary, secondary):
+            key = derived
+        else:
+            raise UsageError("device %s already exists on the hub with other credentials (not the key on this "
+                             "board); use --rotate-key to give it a new key, or another device id" % opts.device_id)
+    elif board_key_sha:
+        key = _read_board_key(board)  # written by an interrupted run: register it now
+        hub_step = (key, new_key())
+        summary["hub"] = "created"
+    else:
+        key = derived or new_key()
+        hub_step = (key, new_key())
+        summary["hub"] = "created"
+    if key is not None and key in forbidden:
+        raise UsageError("refused: the device key would be the policy or group key")
+
+    # --- what the board should hold ---
+    cfg = make_config(opts, hub.hostname)
+    want = {}
+    if key is not None:
+        secrets = {"device_key": key}
+        if opts.wifi_password:
+            secrets["wifi_password"] = opts.wifi_password
+        _checked(cfg, secrets)
+        want[SECRETS] = json.dumps(secrets, sort_keys=True).encode()
+    else:
+        _checked(cfg, {"device_key": base64.b64encode(b"\0" * 32).decode()})
+    want[CONFIG] = json.dumps(cfg, sort_keys=True).encode()
+    guard(want, forbidden)
+    roots_path = "/certs/active/roots.pem"
+    certs_fresh = {}
+    certs_onboard = False
+    if not any(p.startswith("/certs/") for p in files):
+        certs_fresh = fresh_cert_store(roots)
+    elif roots_path not in files or files[roots_path][0] != _sha(roots):
+        certs_onboard = True
+    firmware = {p: d for p, d in tree.items()}
+    guard(firmware, forbidden)
+    plan = dict(certs_fresh)
+    plan.update(want)
+    plan.update(firmware)
+    todo = {p: d for p, d in plan.items() if files.get("/" + p, [None])[0] != _sha(d)}
+    _check_space(snap, todo, opts.port)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = pathlib.Path(tmp)
+        first = {p: todo[p] for p in certs_fresh if p in todo}
+        first.update({p: todo[p] for p in (SECRETS, CONFIG) if p in todo})
+        if first:
+            say("writing %s" % ", ".join(sorted(first)))
+            _write(board, stage, first, files, atomic=(SECRETS, CONFIG))
+            changed.extend(sorted(first))
+        if hub_step:
+            say("hub: %s device %s" % ("updating" if doc else "registering", opts.device_id))
+            hub.put(opts.device_id, hub_step[0], hub_step[1], etag=(doc.get("etag") or "*") if doc else None)
+        rest = {p: d for p, d in todo.items() if p not in first}
+        if rest:
+            say("writing %d firmware files" % len(rest))
+            _write(board, stage, rest, files)
+            changed.extend(sorted(rest))
+        if certs_onboard:
+            say("installing the root certificates with the board's certstore")
+            _install_roots_on_board(board, stage, roots)
+            changed.append("certs/active")
+    say("checking: a token minted on the board, presented to the hub")
+    _check_on_hub(board, opts, hub.hostname, roots)
+    if finish_rotation:
+        hub.put(opts.device_id, finish_rotation[0], finish_rotation[1], etag="*")
+        if summary["hub"] == "unchanged":
+            summary["hub"] = "rotation finished"
+    summary["check"] = "accepted"
+    if opts.reset:
+        # Also when nothing changed: mpremote's session interrupted the firmware.
+        board.run("reset")
+        summary["reset"] = True
+    return summary
+
+
+def _read_board_key(board):
+    code = "import json\nprint('UPYHUB-KEY ' + json.dumps(json.load(open('/secrets.json'))['device_key']))"
+    return board.tagged(code, "UPYHUB-KEY")
+
+
+def _check_space(snap, todo, port):
+    free = snap.get("free")
+    if free is None:
+        return
+    files = snap["files"]
+    need = sum(len(d) - (files.get("/" + p) or [None, 0])[1] for p, d in todo.items())
+    need += 4096 * len({str(pathlib.PurePosixPath(p).parent) for p in todo})  # folders, temp names
+    if need > free:
+        raise UsageError("the board's flash on %s is too full: provisioning needs about %d more bytes, %d are free; "
+                         "nothing was written" % (port, need, free))
+
+
+_MKDIRS = """
+import os
+for d in %r:
+    try:
+        os.mkdir(d)
+    except OSError:
+        pass
+"""
+
+
+def _write(board, stage, files, existing, atomic=()):
+    """Copy files to the board in one mpremote session; `atomic` ones through a temporary name."""
+    dirs = set()
+    for p in files:
+        parent = pathlib.PurePosixPath("/" + p).parent
+        while str(parent) != "/":
+            if str(parent) + "/" not in existing:
+                dirs.add(str(parent))
+            parent = parent.parent
+    cmd = []
+    if dirs:
+        cmd += ["exec", _MKDIRS % sorted(dirs, key=lambda d: d.count("/")), "+"]
+    renames = []
+    for i, (p, data) in enumerate(sorted(files.items())):
+        local = stage / ("f%d" % i)
+        local.write_bytes(data)
+        dest = "/" + p + (".tmp" if p in atomic else "")
+        cmd += ["fs", "cp", str(local), ":" + dest, "+"]
+        if p in atomic:
+            renames.append(("/" + p + ".tmp", "/" + p))
+    if renames:
+        cmd += ["exec", "import os\n" + "".join("os.rename(%r, %r)\n" % r for r in renames), "+"]
+    try:
+        board.run(*cmd[:-1])
+    except mpr.BoardError as exc:
+        if "No space left" in str(exc) or "ENOSPC" in str(exc) or "28" in str(exc).split():
+            raise UsageError("the board's flash on %s is full; run again after freeing space" % board.port)
+        raise
+    finally:
+        for f in stage.iterdir():
+            f.unlink()
+
+
+_INSTALL_ROOTS = """
+import os
+from iothub import certstore
+with open('/certs.incoming', 'rb') as f:
+    data = f.read()
+os.remove('/certs.incoming')
+certstore.Store('/certs').install_active(data, source='provision')
+print('UPYHUB-ROOTS ok')
+"""
+
+
+def _install_roots_on_board(board, stage, roots):
+    local = stage / "roots"
+    local.write_bytes(roots)
+    board.run("fs", "cp", str(local), ":/certs.incoming", "+", "exec", _INSTALL_ROOTS)
+    local.unlink()
+
+
+_TOKEN = """
+import json
+from iothub import sas
+cfg = json.load(open('/config.json'))
+sec = json.load(open('/secrets.json'))
+print('UPYHUB-TOKEN ' + json.dumps(sas.device_token(cfg['hostname'], cfg['device_id'], sec['device_key'], expiry=%d)))
+"""
+
+
+def _check_on_hub(board, opts, hostname, roots):
+    token = board.tagged(_TOKEN % (int(time.time()) + 300), "UPYHUB-TOKEN")
+    rc = mqtt_connect(opts.gateway or hostname, opts.mqtt_port, hostname, roots, opts.device_id, token,
+                      timeout=opts.timeout)
+    if rc != 0:
+        raise UsageError("the hub refused the token minted on the board (CONNACK %d): the key on the board is not "
+                         "one the hub has for %s" % (rc, opts.device_id))
+
+
+def mqtt_connect(address, port, hostname, roots, device_id, token, timeout=60):
+    """One MQTT 3.1.1 CONNECT over TLS as the device; returns the CONNACK return code (0: accepted)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name; trusts only `roots`
+    ctx.load_verify_locations(cadata=roots if roots[:1] == b"\x30" else roots.decode("ascii"))
+
+    def s(text):
+        b = text.encode()
+        return struct.pack("!H", len(b)) + b
+
+    user = "%s/%s/?api-version=2021-04-12" % (hostname, device_id)
+    body = s("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60) + s(device_id) + s(user) + s(token)
+    n, rem = len(body), b""
+    while True:
+        d, n = n % 128, n // 128
+        rem += bytes([d | (0x80 if n else 0)])
+        if not n:
+            break
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=hostname) as tls:
+                tls.sendall(b"\x10" + rem + body)
+                ack = b""
+                while len(ack) < 4:
+                    chunk = tls.recv(4 - len(ack))
+                    if not chunk:
+                        break
+                    ack += chunk
+                if len(ack) == 4 and ack[0] == 0x20:
+                    if ack[3] == 0:
+                        tls.sendall(b"\xe0\x00")  # DISCONNECT
+                    return ack[3]
+                return 5 if not ack else 255  # a hub may just close on bad credentials
+    except ssl.SSLError as exc:
+        raise UsageError("TLS to the hub's MQTT port failed: %s" % (exc.reason or exc))
+    except OSError as exc:
+        raise UsageError("cannot reach the hub's MQTT port %s:%d: %s" % (address, port, _reason(exc)))
+
+
+def read_secret_file(path, what):
+    try:
+        text = pathlib.Path(path).read_text().strip()
+    except OSError:
+        raise UsageError("cannot read the %s file %s" % (what, path))
+    if not text:
+        raise UsageError("the %s file %s is empty" % (what, path))
+    return text
+
+
+def load_batch(path):
+    """Rows of a devices CSV: port,device_id[,wifi_ssid] (a header line naming them is allowed)."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except OSError:
+        raise UsageError("cannot read the batch file %s" % path)
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["port", "device_id"]:
+        rows = rows[1:]
+    out = []
+    for i, r in enumerate(rows, 1):
+        if len(r) < 2 or not r[0].strip() or not r[1].strip():
+            raise UsageError("%s row %d: needs port,device_id" % (path, i))
+        out.append({"port": r[0].strip(), "device_id": r[1].strip(),
+                    "wifi_ssid": r[2].strip() if len(r) > 2 and r[2].strip() else None})
+    if not out:
+        raise UsageError("the batch file %s lists no boards" % path)
+    return out
+
+
+def copy_options(opts, **changes):
+    new = Options.__new__(Options)
+    new.__dict__.update(opts.__dict__)
+    new.__dict__.update(changes)
+    return new
+
