@@ -141,7 +141,8 @@ class _Hub:
             return fn(*args, **kw)
         except ServiceError as exc:
             if exc.status == 401:
-                raise UsageError("the hub refused the policy credentials while trying to %s (HTTP 401)" % what)
+                raise UsageError("the hub refused the policy credentials while trying to %s (HTTP 401): a wrong "
+                                 "key, or a policy without RegistryReadWrite" % what)
             if exc.status == 403:
                 raise UsageError("the policy may not %s (HTTP 403): it needs RegistryReadWrite" % what)
             raise UsageError("the hub answered HTTP %d while trying to %s: %s" % (exc.status, what, exc.message[:200]))
