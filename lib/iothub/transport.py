@@ -90,6 +90,9 @@ def wrap_socket(sock, server_side=False, key=None, cert=None, cert_reqs=None, ca
         raise TLSError("bad roots or client certificate: %s" % e)
     try:
         sock.settimeout(TIMEOUT_S)
+        # umqtt writes a packet in several small pieces: without this, Nagle holds each next piece
+        # until the hub's delayed ACK (~40 ms a message).
+        sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
     except (AttributeError, OSError):
         pass
     try:

@@ -157,8 +157,8 @@ def run():
         fw_first, (n, fw_ms, fw_used) = _timed(argv, env=env)
         sdk_first, (_, sdk_ms, _) = _timed([sys.executable, "-c", SDK % BODY, sdk_key, hostname, "bench-sdk",
                                             str(tmp / "ca.pem"), str(N)])
-        heap = smallest_heap(flash)
         got = {d: len(service.telemetry(d)) for d in ("bench-fw", "bench-sdk")}
+        heap = smallest_heap(flash)
     finally:
         if hub is not None:
             hub.send_signal(signal.SIGTERM)
