@@ -251,3 +251,16 @@ def test_batch(prov, hub, tmp_path, start_sim_board):
     assert "1 of 2 boards provisioned" in res.stdout
     assert "batch-1" in res.stdout and "FAILED" in res.stdout
     assert hub.service.get_device("batch-1")["authentication"]["symmetricKey"]["primaryKey"] == board_key(boards[0].flash)
+
+
+def test_batch_prompts_to_swap_boards_on_one_port(prov, hub, sim_board, tmp_path):
+    rows = tmp_path / "devices.csv"
+    rows.write_text("%s,swap-1\n%s,swap-2\n" % (sim_board.port, sim_board.port))
+    cmd = [UPYHUB, "provision", "--batch", str(rows), "--no-reset"] + prov.common()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, input="\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "swap in the board for swap-2 on %s" % sim_board.port in res.stderr
+    assert "2 of 2 boards provisioned" in res.stdout
+    assert json.loads((sim_board.flash / "config.json").read_text())["device_id"] == "swap-2"
+    keys = [hub.service.get_device(d)["authentication"]["symmetricKey"]["primaryKey"] for d in ("swap-1", "swap-2")]
+    assert keys[0] != keys[1] and keys[1] == board_key(sim_board.flash)

@@ -158,7 +158,10 @@ class SimBoard:
                  log=None):
         self.flash = os.path.realpath(flash)
         check_flash(self.flash)
-        self.micropython = micropython or paths.micropython()
+        try:
+            self.micropython = micropython or paths.micropython()
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc))
         self.heapsize = heapsize
         self.size = int(size or 0)
         self.uid = uid or hashlib.sha256(self.flash.encode()).hexdigest()[:12]
@@ -173,7 +176,10 @@ class SimBoard:
                 raise UsageError("the kernel has no Landlock: the board cannot be confined to its flash "
                                  "folder (use --unconfined to run it anyway, for trusted code only)")
             self.confinement = "landlock ABI %d + vfs" % level
-            allowed = [os.path.realpath(self.micropython)] + sandbox.shared_objects(self.micropython)
+            try:
+                allowed = [os.path.realpath(self.micropython)] + sandbox.shared_objects(self.micropython)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise UsageError("cannot list the libraries MicroPython loads (ldd): %s" % exc)
             self.preexec = sandbox.preexec(self.flash, allowed)
         else:
             self.confinement = "vfs only"

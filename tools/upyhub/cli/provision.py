@@ -13,7 +13,8 @@ def register(sub):
                                    "password from --wifi-password-file or $UPYHUB_WIFI_PASSWORD.")
     p.add_argument("port", nargs="?", help="the board's serial port (or a sim-board's pty)")
     p.add_argument("--device-id", help="the device id to provision")
-    p.add_argument("--batch", metavar="CSV", help="provision many boards: rows of port,device_id[,wifi_ssid]")
+    p.add_argument("--batch", metavar="CSV", help="provision many boards: rows of port,device_id[,wifi_ssid]; "
+                                                  "rows repeating the previous port prompt to swap boards")
     p.add_argument("--board", required=True, choices=sorted(build.BOARDS))
     p.add_argument("--hub-cs-file", help="file with a policy connection string that has RegistryReadWrite")
     p.add_argument("--hub-ca", help="CA certificate(s) to check the hub's HTTPS service with (default: system)")
@@ -87,7 +88,16 @@ def _batch(args):
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("provisioning", total=len(rows))
+        previous = None
         for row in rows:
+            if row["port"] == previous:
+                # One port, many boards: the operator swaps them in turn.
+                bar.stop()
+                console.print("swap in the board for %s on %s, then press Enter" % (row["device_id"], row["port"]))
+                if not sys.stdin.readline():
+                    raise UsageError("stopped: no answer to the board-swap prompt (stdin closed)")
+                bar.start()
+            previous = row["port"]
             opts = provision.copy_options(base, port=row["port"], device_id=row["device_id"],
                                           wifi_ssid=row["wifi_ssid"] or base.wifi_ssid)
             try:
