@@ -98,6 +98,8 @@ def test_machine_reset_and_unique_id(sim_board):
     assert len(first) == 12
     again = ok(sim_board.mpremote("exec", "import machine; print(machine.unique_id().hex())")).strip()
     assert again == first
+    rtc = eval(ok(sim_board.mpremote("rtc")).strip())  # the tuple mpremote prints
+    assert len(rtc) == 8 and rtc[0] >= 2025
 
 
 def test_mip_install_from_local_path(sim_board, tmp_path):

@@ -105,6 +105,9 @@ class _Flash:
             return 0
         return 0 if st[0] & 0x4000 else st[6]
 
+    def __repr__(self):
+        return "<SimFlash>"
+
     def mount(self, readonly, mkfs):
         pass
 
@@ -263,6 +266,21 @@ class _Machine:
         return 1  # PWRON_RESET
 
     PWRON_RESET = 1
+
+    def RTC(self):
+        return _RTC()
+
+
+class _RTC:
+    # The host's clock; setting it only shifts what datetime() reads back (time.time() is the host's).
+    offset = 0
+
+    def datetime(self, dt=None):
+        if dt is None:
+            t = time.localtime(time.time() + _RTC.offset)
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+        y, mo, d, _, h, mi, sec = dt[:7]
+        _RTC.offset = time.mktime((y, mo, d, h, mi, sec, 0, 0)) - time.time()
 
 
 class _Micropython:
