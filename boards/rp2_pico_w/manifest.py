@@ -7,6 +7,15 @@
 include("$(BOARD_DIR)/manifest.py")
 require("umqtt.simple")
 
-package("iothub", base_path="../../lib")
-module("app.py", base_path="../../firmware")
+# Everything in lib/ and firmware/ (MicroPython's manifest tool runs this from its own folder).
+import os
+
+for name in sorted(n for n in os.listdir("../../lib") if not n.startswith((".", "__pycache__"))):
+    if os.path.isdir("../../lib/" + name):
+        package(name, base_path="../../lib")
+    elif name.endswith(".py"):
+        module(name, base_path="../../lib")
+for name in sorted(os.listdir("../../firmware")):
+    if name.endswith(".py") and name not in ("boot.py", "main.py"):
+        module(name, base_path="../../firmware")
 module("board.py")

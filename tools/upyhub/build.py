@@ -117,10 +117,14 @@ def manifest_files(board):
 
     env = {"package": package, "module": module, "freeze": freeze, "include": include, "require": ignore,
            "metadata": ignore, "add_library": ignore, "options": type("Options", (), {})()}
+    cwd = os.getcwd()
     try:
+        os.chdir(here)  # as MicroPython's manifest tool runs it
         exec(compile(manifest.read_text(), str(manifest), "exec"), env)
     except Exception as exc:  # a manifest is code: report what broke, in one line
-        raise UsageError("%s: %s: %s" % (manifest, type(exc).__name__, exc))
+        raise UsageError("%s: %s: %s" % (_show(manifest), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))
+    finally:
+        os.chdir(cwd)
     wanted = [src for src, rel in sources(board) if rel.name not in SOURCE_ONLY and "umqtt" not in rel.parts]
     for src in wanted:
         if src.resolve() not in named:
