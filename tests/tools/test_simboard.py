@@ -63,6 +63,13 @@ def test_run_and_large_code(sim_board, tmp_path):
     assert ok(sim_board.mpremote("run", str(script))).strip() == "800"
 
 
+def test_crash_ends_the_exchange_and_reboots(sim_board):
+    res = sim_board.mpremote("exec", "import ffi\nffi.open('libc.so.6').func('v', 'abort', '')()")  # SIGABRT
+    assert res.returncode == 1
+    assert "MicroPython exited" in res.stdout
+    assert ok(sim_board.mpremote("exec", "print('alive')")).strip() == "alive"
+
+
 def test_globals_persist_until_soft_reset(sim_board):
     out = ok(sim_board.mpremote("exec", "x = 5", "exec", "print(x * 2)"))
     assert out.strip() == "10"

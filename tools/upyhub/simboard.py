@@ -350,7 +350,14 @@ class SimBoard:
         job = self.job
         self.log("MicroPython exited with status %s" % rc)
         self._kill()
-        self._emit(("\r\nsimulated board: MicroPython exited (status %s)\r\n" % rc).encode())
+        msg = ("simulated board: MicroPython exited (status %s)\r\n" % rc).encode()
+        if job is not None and job.on_done == self._raw_done:
+            # Close the raw REPL exchange with the crash as its error, so the client is not left
+            # waiting; then boot again in the same REPL mode.
+            self._raw_done(ST_EXC, msg)
+            self._power_on()
+            return
+        self._emit(b"\r\n" + msg)
         if job is not None and job.kind == J_FILE:
             # It died while booting: a real board would boot-loop; wait for a soft reset instead.
             self.halted = "MicroPython exited during boot (status %s)" % rc
