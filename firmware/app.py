@@ -1,5 +1,6 @@
 # Sample application: periodic telemetry of the board's sensor; twin desired telemetryInterval
-# honoured and reported back; direct methods `ping` and `reboot` (acknowledged, then deferred).
+# honoured and reported back; direct methods `ping`, `reboot` (acknowledged, then deferred) and
+# `updateRootCerts` (root rotation over the air; `rootCerts` reported).
 import gc
 import json
 import time
@@ -22,7 +23,24 @@ def run(s, board, cfg):
         print("app: telemetry every %s s (desired $version %s)" % (v, version))
         s.report({"telemetryInterval": v})
 
+    warn_days = cfg["roots_expiry_warn_days"]
+
+    def root_certs(store):
+        from iothub import rootupdate
+
+        return rootupdate.report(store, warn_days)
+
+    def update_roots(store, payload):
+        from iothub import rootupdate
+
+        r = rootupdate.handle(store, payload)
+        return r[0], r[1], rootupdate.report(store, warn_days)
+
     def on_method(name, payload):
+        if name == "updateRootCerts":  # root rotation over the air (lib/iothub/rootupdate.py)
+            status, body, rc = s.certs.use(lambda store: update_roots(store, payload))
+            s.report({"rootCerts": rc})
+            return status, body
         if name == "ping":
             return 200, {"pong": payload, "device": s.device_id}
         if name == "reboot":
@@ -36,7 +54,7 @@ def run(s, board, cfg):
     s.on_desired = on_desired
     s.on_method = on_method
     s.on_c2d = on_c2d
-    s.report({"telemetryInterval": st["interval"], "board": board.NAME})
+    s.report({"telemetryInterval": st["interval"], "board": board.NAME, "rootCerts": s.certs.use(root_certs)})
     dog = board.watchdog(120000)
     seq = 0
     due = time.ticks_ms()

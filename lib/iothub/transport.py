@@ -161,17 +161,21 @@ class Roots:
         self.dir = certs_dir
         self._failures = 0
 
-    def _call(self, name, *args):
+    def use(self, fn):
+        # fn(store) with the store loaded (handshakes, root rotation, status reports), then unloaded.
         from iothub import certstore
 
         s = certstore.Store(self.dir)
         s._active_failures = self._failures
         try:
-            return getattr(s, name)(*args)
+            return fn(s)
         finally:
             self._failures = s._active_failures
             s = certstore = None
-            _unload("certstore", "x509")
+            _unload("certstore", "x509", "rootupdate")
+
+    def _call(self, name, *args):
+        return self.use(lambda s: getattr(s, name)(*args))
 
     def roots_for_connect(self):
         return self._call("roots_for_connect")
