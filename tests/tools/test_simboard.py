@@ -6,7 +6,7 @@ import time
 import pytest
 import serial
 
-from simboardfixture import UPYHUB, sim_board, start_sim_board, wait_for  # noqa: F401 (fixtures)
+from simboardfixture import UPYHUB, landlock, sim_board, start_sim_board, wait_for  # noqa: F401 (fixtures)
 
 
 def ok(result):
@@ -175,6 +175,7 @@ print("listing", sorted(os.listdir("/")))
 """
 
 
+@pytest.mark.skipif(not landlock(), reason="the kernel has no Landlock: only the VFS confines the board")
 def test_code_cannot_reach_outside_flash(sim_board, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -326,3 +327,25 @@ def test_friendly_repl(port):
     port.expect(b">>> ")
     port.write(b"'y' in globals()\r")
     assert port.expect(b">>> ").endswith(b"False\r\n")
+
+
+def test_vfs_alone_keeps_paths_inside(tmp_path, start_sim_board):
+    # Without the kernel sandbox: absolute paths, ".." and relative paths still resolve inside.
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (tmp_path / "secret.txt").write_text("outside")
+    board = start_sim_board(flash, "--unconfined")
+    assert board.info["confinement"] == "vfs only"
+    code = ("import os\n"
+            "for p in ('/../secret.txt', '../secret.txt', '../../../../secret.txt', %r):\n"
+            "    try:\n"
+            "        open(p).read(); print('READ', p)\n"
+            "    except OSError:\n"
+            "        print('denied')\n"
+            "os.mkdir('/d'); os.chdir('/d')\n"
+            "open('../../../up.txt', 'w').write('x')\n"
+            "print(sorted(os.listdir('/..')), os.getcwd())\n") % str(tmp_path / "secret.txt")
+    out = ok(board.mpremote("exec", code)).split("\n")
+    assert out[:4] == ["denied"] * 4
+    assert out[4] == "['d', 'up.txt'] /d"
+    assert (flash / "up.txt").read_text() == "x" and not (tmp_path / "up.txt").exists()
