@@ -8,7 +8,8 @@ import time
 REBOOT_DELAY_MS = 1000
 
 
-def run(s, board, cfg):
+def run(s, board, cfg, roots=None):
+    # roots: the `rootCerts` status main read at boot.
     st = {"interval": cfg["telemetry_interval"], "reboot_at": None}
 
     def on_desired(desired, version):
@@ -24,11 +25,6 @@ def run(s, board, cfg):
         s.report({"telemetryInterval": v})
 
     warn_days = cfg["roots_expiry_warn_days"]
-
-    def root_certs(store):
-        from iothub import rootupdate
-
-        return rootupdate.report(store, warn_days)
 
     def update_roots(store, payload):
         from iothub import rootupdate
@@ -54,7 +50,7 @@ def run(s, board, cfg):
     s.on_desired = on_desired
     s.on_method = on_method
     s.on_c2d = on_c2d
-    s.report({"telemetryInterval": st["interval"], "board": board.NAME, "rootCerts": s.certs.use(root_certs)})
+    s.report({"telemetryInterval": st["interval"], "board": board.NAME, "rootCerts": roots})
     dog = board.watchdog(120000)
     seq = 0
     due = time.ticks_ms()

@@ -27,9 +27,19 @@ def _config(root):
         sys.modules.pop("iothub.config", None)
 
 
+def _roots_status(store, warn_days):
+    from iothub import rootupdate
+
+    return rootupdate.report(store, warn_days)
+
+
 def start():
     root = board.flash_root()
     cfg, secrets = _config(root)
+    certs = transport.roots_source(root, cfg["certs_dir"])
+    # The `rootCerts` status needs the cert store's full code: read it before the session's
+    # modules load, so this boot-time step does not add to the session's peak heap.
+    roots = certs.use(lambda store: _roots_status(store, cfg["roots_expiry_warn_days"]))
     gc.collect()
     from iothub.session import Session
 
@@ -51,13 +61,12 @@ def start():
         set_clock()
     except board.TimeError as e:
         print("main: clock:", e)
-    certs = transport.roots_source(root, cfg["certs_dir"])
     s = Session(cfg, secrets, certs, root=root, net=net, network_ok=board.network_ok, set_clock=set_clock)
     secrets = None
     import app
 
     try:
-        app.run(s, board, cfg)
+        app.run(s, board, cfg, roots)
     except Exception as e:  # never sit dead in the REPL: log, then start over
         print("main: crashed: %r; resetting in 5 s" % e)
         time.sleep(5)

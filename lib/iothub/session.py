@@ -95,7 +95,10 @@ class Session:
             if left > 0:
                 time.sleep_ms(min(wait_ms, left))
                 return False
-            self._connect()
+            try:
+                self._connect()
+            except Exception as e:  # e.g. the twin GET right after CONNACK hit a dead socket
+                self._lost(e)
             if not self.connected:
                 return False
         try:
