@@ -134,8 +134,6 @@ def board_flash(tmp_path, active_pem):
     return flash
 
 
-@pytest.mark.xfail(strict=True, reason="sim-board: its rename() goes through MicroPython 1.25's VfsPosix(root).rename, "
-                   "which builds both paths in one buffer (micropython#7389) and fails with ENOENT")
 def test_stage_on_a_board_over_mpremote(tmp_path, run_mp, certs_sim_board):
     old, new = make_cert("Old Root"), make_cert("New Root")
     flash = board_flash(tmp_path, old.pem)
