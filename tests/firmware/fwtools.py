@@ -2,7 +2,6 @@
 import base64
 import os
 import pathlib
-import queue
 import re
 import socket
 import ssl
@@ -26,7 +25,6 @@ class Device:
     def __init__(self, flash, tree, heapsize=None, source=False, path_extra=()):
         self.flash = pathlib.Path(flash)
         self.lines = []
-        self._q = queue.Queue()
         self.proc = sim.start(flash, tree=tree, heapsize=heapsize, source=source, path_extra=path_extra)
         self._t = threading.Thread(target=self._pump, daemon=True)
         self._t.start()

@@ -47,7 +47,8 @@ def image(flash, source=False, tree=None):
         return paths.FIRMWARE, [str(paths.FIRMWARE), str(paths.BOARDS / "unix"), str(paths.LIB), str(paths.UMQTT)]
     tree = pathlib.Path(tree) if tree else MPY
     if not (tree / "main.py").is_file():
-        raise UsageError("%s has no firmware: run `make setup` (or `upyhub build --board unix --out %s`)" % (tree, tree))
+        raise UsageError("%s has no firmware: run `make setup` (or `upyhub build --board unix --out %s`)"
+                         % (tree, tree))
     return tree, [str(tree / "lib")]
 
 
