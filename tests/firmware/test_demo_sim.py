@@ -29,9 +29,9 @@ def wait_line(proc, lines, pattern, timeout=120):
     raise AssertionError("exited before %r:\n%s" % (pattern, "\n".join(lines)))
 
 
-def test_demo_runs_and_stops_by_itself():
+def test_demo_runs_and_stops_by_itself(fw_tree):
     p = subprocess.run([sys.executable, "-m", "upyhub.demo", "--messages", "4", "--interval", "1"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, UPYHUB_TREE=str(fw_tree)))
     out = p.stdout
     assert p.returncode == 0, out + p.stderr
     assert "device| iothub: connected to localhub.azure-devices.net as demo-device-1" in out
@@ -43,9 +43,10 @@ def test_demo_runs_and_stops_by_itself():
     assert "SharedAccessSignature" not in out + p.stderr and "Traceback" not in out + p.stderr
 
 
-def test_demo_ctrl_c():
+def test_demo_ctrl_c(fw_tree):
     proc = subprocess.Popen([sys.executable, "-m", "upyhub.demo"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint,
+                            env=dict(os.environ, UPYHUB_TREE=str(fw_tree)))
     lines = []
     try:
         wait_line(proc, lines, "hub   | telemetry from demo-device-1")
@@ -60,9 +61,9 @@ def test_demo_ctrl_c():
     assert "I stopped" in out  # the hub logged its own clean shutdown
 
 
-def test_sim_provisions_from_running_hub_and_runs(hub, tmp_path):  # noqa: F811
+def test_sim_provisions_from_running_hub_and_runs(hub, tmp_path, fw_tree):  # noqa: F811
     flash = tmp_path / "flash"
-    env = dict(os.environ)
+    env = dict(os.environ, UPYHUB_TREE=str(fw_tree))
     proc = subprocess.Popen([UPYHUB, "sim", "--flash", str(flash), "--device", "sim-1", "--hub", str(hub.data_dir),
                              "--telemetry-interval", "1"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_default_sigint)

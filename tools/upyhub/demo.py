@@ -79,7 +79,8 @@ def main(argv=None):
         _, _, _, service, _ = sim.hub_info(DEMO / "hub")
         say("demo", "registered %s on %s; its flash folder is %s" % (DEVICE, cfg["hostname"], DEMO / "flash"))
         dev = sim.start(DEMO / "flash", start_new_session=True)
-        say("demo", "running the firmware (build/mpy) on the MicroPython unix port; Ctrl-C stops")
+        say("demo", "running the firmware (%s) on the MicroPython unix port; Ctrl-C stops"
+            % sim.image(DEMO / "flash")[0])
         threading.Thread(target=_pump, args=(dev, "device"), daemon=True).start()
         seen, since = 0, 0
         while True:

@@ -17,6 +17,8 @@ from upyhub import certs, paths
 from upyhub.errors import UsageError
 
 MPY = paths.BUILD / "mpy"
+# UPYHUB_TREE: another compiled tree to run (tests use a private build)
+TREE_ENV = "UPYHUB_TREE"
 
 
 def write_flash(flash, *, hostname, device_id, ca_pem, port, device_key=None, gateway="127.0.0.1",
@@ -45,7 +47,7 @@ def image(flash, source=False, tree=None):
         return flash, [str(flash / "lib")]
     if source:
         return paths.FIRMWARE, [str(paths.FIRMWARE), str(paths.BOARDS / "unix"), str(paths.LIB), str(paths.UMQTT)]
-    tree = pathlib.Path(tree) if tree else MPY
+    tree = pathlib.Path(tree or os.environ.get(TREE_ENV) or MPY)
     if not (tree / "main.py").is_file():
         raise UsageError("%s has no firmware: run `make setup` (or `upyhub build --board unix --out %s`)"
                          % (tree, tree))
