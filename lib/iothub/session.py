@@ -14,7 +14,8 @@
 #                    connect mints a new token.
 #   clock unset      minting refuses (clock.require_set); set_clock() is asked, back off.
 #   CONNECT refused  CONNACK 4/5 (bad credentials, disabled or unknown device): logged once,
-#                    retried every `refused_retry` s (slow, never a hot loop) until accepted.
+#                    retried every `refused_retry` s (slow, never a hot loop) until accepted; the
+#                    clock is re-read each time (a drifted clock makes tokens look expired).
 # Logs never contain the device key or the token.
 import json
 import time
@@ -62,7 +63,7 @@ class Session:
         self._margin = min(120, max(2, ttl // 5))
         self._backoff = Backoff(1000, cfg.get("retry_cap", 60) * 1000)
         self._next_try = time.ticks_ms()
-        self._renew_at = 0
+        self._renew_at = None
         self._last_tx = self._last_rx = 0
         self._desired_version = -1
         self._twin_rid = None
@@ -104,7 +105,7 @@ class Session:
         try:
             if self.network_ok is not None and not self.network_ok():
                 raise OSError("network down")
-            if clock.now() >= self._renew_at:
+            if self._renew_at is not None and clock.now() >= self._renew_at:
                 self.log("renewing token before it expires")
                 self._close(True)
                 self._connect()
@@ -190,6 +191,11 @@ class Session:
                     self.log("CONNECT refused by the hub: %s (CONNACK %d); retrying every %d s"
                              % (_REFUSED[code], code, self.cfg.get("refused_retry", 300)))
                 self.refused = code
+                if self.set_clock is not None and expiry is not None:
+                    try:  # a drifted clock makes tokens the hub calls expired: re-read the time
+                        self.set_clock()
+                    except Exception:
+                        pass
                 self._next_try = time.ticks_add(time.ticks_ms(), self.cfg.get("refused_retry", 300) * 1000)
                 return
             self.log("CONNECT refused: %s (CONNACK %d)" % (_REFUSED.get(code, "?"), code))
@@ -219,7 +225,7 @@ class Session:
         now = time.ticks_ms()
         self._last_tx = self._last_rx = now
         if expiry is None:
-            self._renew_at = 0x7FFFFFFF
+            self._renew_at = None  # certificates are not renewed by reconnecting
             self.log("connected to %s as %s (x509)" % (self.hostname, self.device_id))
         else:
             self._renew_at = expiry - self._margin
