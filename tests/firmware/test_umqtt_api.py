@@ -9,7 +9,10 @@ small and documented (the constructor's `ssl=False, ssl_params={}` became `ssl=N
 client from the shipped 1.3.4 file by exactly those edits (each must apply exactly once) and runs
 the real firmware with it: against a server whose certificate names only the hub (so a TLS name
 taken from umqtt's connect address, 127.0.0.1, would fail) and end to end against the local hub.
-What this does not cover: any other difference of later releases (e.g. 1.5's connect timeout)."""
+Releases from 1.5 on accept `ssl=True, ssl_params` again beside `ssl=<context>`
+(`if self.ssl is True: ssl.wrap_socket(sock, **ssl_params) elif self.ssl: self.ssl.wrap_socket(...)`):
+that variant is derived the same way and run too.
+What this does not cover: any other difference of later releases (e.g. 1.5's `connect(timeout=)`)."""
 import json
 import time
 
@@ -25,16 +28,28 @@ NEW_SIG = "ssl=None):"
 OLD_WRAP = "            import ussl\n            self.sock = ussl.wrap_socket(self.sock, **self.ssl_params)\n"
 NEW_WRAP = "            self.sock = self.ssl.wrap_socket(self.sock, server_hostname=self.server)\n"
 OLD_ATTR = "        self.ssl_params = ssl_params\n"
+# 1.5+: both forms; `ssl=True` goes to the ssl module with ssl_params, an object to its wrap_socket
+SIG_15 = "ssl=None, ssl_params={}):"
+WRAP_15 = ("        if self.ssl is True:\n"
+           "            import ssl\n"
+           "            self.sock = ssl.wrap_socket(self.sock, **self.ssl_params)\n"
+           "        elif self.ssl:\n"
+           "            self.sock = self.ssl.wrap_socket(self.sock, server_hostname=self.server)\n")
+OLD_IF = "        if self.ssl:\n" + OLD_WRAP
 
 
-@pytest.fixture(scope="module")
-def umqtt14(tmp_path_factory):
+@pytest.fixture(scope="module", params=["1.4", "1.5"])
+def umqtt14(request, tmp_path_factory):
     src = (paths.UMQTT / "umqtt" / "simple.py").read_text()
-    for old in (OLD_SIG, OLD_WRAP, OLD_ATTR):
+    for old in (OLD_SIG, OLD_WRAP, OLD_ATTR, OLD_IF):
         assert src.count(old) == 1, "umqtt 1.3.4 source changed: %r" % old
-    src = src.replace(OLD_SIG, NEW_SIG).replace(OLD_WRAP, NEW_WRAP).replace(OLD_ATTR, "")
-    assert "ussl" not in src and "ssl_params" not in src
-    d = tmp_path_factory.mktemp("umqtt14")
+    if request.param == "1.4":
+        src = src.replace(OLD_SIG, NEW_SIG).replace(OLD_WRAP, NEW_WRAP).replace(OLD_ATTR, "")
+        assert "ussl" not in src and "ssl_params" not in src
+    else:
+        src = src.replace(OLD_SIG, SIG_15).replace(OLD_IF, WRAP_15)
+        assert "ussl" not in src and "self.ssl is True" in src
+    d = tmp_path_factory.mktemp("umqtt" + request.param.replace(".", ""))
     (d / "umqtt").mkdir()
     (d / "umqtt" / "__init__.py").write_text("")
     (d / "umqtt" / "simple.py").write_text(src)
