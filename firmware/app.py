@@ -8,8 +8,7 @@ import time
 REBOOT_DELAY_MS = 1000
 
 
-def run(s, board, cfg, roots=None):
-    # roots: the `rootCerts` status main read at boot.
+def run(s, board, cfg):
     st = {"interval": cfg["telemetry_interval"], "reboot_at": None}
 
     def on_desired(desired, version):
@@ -50,7 +49,7 @@ def run(s, board, cfg, roots=None):
     s.on_desired = on_desired
     s.on_method = on_method
     s.on_c2d = on_c2d
-    s.report({"telemetryInterval": st["interval"], "board": board.NAME, "rootCerts": roots})
+    s.report({"telemetryInterval": st["interval"], "board": board.NAME})
     dog = board.watchdog(120000)
     seq = 0
     due = time.ticks_ms()

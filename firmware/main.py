@@ -63,10 +63,12 @@ def start():
         print("main: clock:", e)
     s = Session(cfg, secrets, certs, root=root, net=net, network_ok=board.network_ok, set_clock=set_clock)
     secrets = None
+    s.report({"rootCerts": roots})  # queued as JSON text: the dict can go
+    roots = None
     import app
 
     try:
-        app.run(s, board, cfg, roots)
+        app.run(s, board, cfg)
     except Exception as e:  # never sit dead in the REPL: log, then start over
         print("main: crashed: %r; resetting in 5 s" % e)
         time.sleep(5)

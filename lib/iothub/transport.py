@@ -4,6 +4,7 @@
 # umqtt never picks the TLS name: 1.3.4 calls `ussl.wrap_socket(sock, **ssl_params)` and gets our
 # params; 1.4+ calls `ssl.wrap_socket(sock, server_hostname=<connect address>)` on the object we
 # hand it as `ssl`, which ignores that name and uses ours.
+import gc
 import sys
 
 try:
@@ -54,8 +55,6 @@ def context(cadata, cert=None, key=None):
     ctx = _cache[1] if _cache[0] is None else None
     _cache[0] = _cache[1] = None
     if ctx is None:
-        import gc
-
         gc.collect()
         ctx = _new()
     if _POSITIONAL:
@@ -162,17 +161,21 @@ class Roots:
         self._failures = 0
 
     def use(self, fn):
-        # fn(store) with the store loaded (handshakes, root rotation, status reports), then unloaded.
-        from iothub import certstore
-
-        s = certstore.Store(self.dir)
-        s._active_failures = self._failures
+        # fn(store) with the store loaded (handshakes, root rotation, status reports), then unloaded
+        # (also after a MemoryError half-way through an import).
+        s = None
         try:
+            from iothub import certstore
+
+            s = certstore.Store(self.dir)
+            s._active_failures = self._failures
             return fn(s)
         finally:
-            self._failures = s._active_failures
+            if s is not None:
+                self._failures = s._active_failures
             s = certstore = None
             _unload("certstore", "x509", "rootupdate")
+            gc.collect()
 
     def _call(self, name, *args):
         return self.use(lambda s: getattr(s, name)(*args))
