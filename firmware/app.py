@@ -31,6 +31,24 @@ def run(s, board, cfg):
         r = rootupdate.handle(store, payload)
         return r[0], r[1], rootupdate.report(store, warn_days)
 
+    def roots_status(store):
+        from iothub import rootupdate
+
+        return rootupdate.report(store, warn_days), rootupdate.expiring(store, warn_days)
+
+    def roots_watch():
+        # rootCerts again after a staged set was kept or dropped; a telemetry alert (daily) when
+        # a pinned root is about to expire. The store is loaded only for this.
+        try:
+            rc, soon = s.certs.use(roots_status)
+        except MemoryError:
+            return
+        if s.certs.changed:
+            s.certs.changed = False
+            s.report({"rootCerts": rc})
+        if soon:
+            s.send({"rootCertsExpiring": soon, "warnDays": warn_days}, {"alert": "rootCertsExpiring"})
+
     def on_method(name, payload):
         if name == "updateRootCerts":  # root rotation over the air (lib/iothub/rootupdate.py)
             status, body, rc = s.certs.use(lambda store: update_roots(store, payload))
@@ -53,9 +71,15 @@ def run(s, board, cfg):
     dog = board.watchdog(120000)
     seq = 0
     due = time.ticks_ms()
+    connects = 0
+    check_roots = time.ticks_add(due, 86400 * 1000)  # main checked the roots at boot; then daily
     while True:
         dog.feed()
         now = time.ticks_ms()
+        if s.connected and (s.connects != connects and s.certs.changed or time.ticks_diff(now, check_roots) >= 0):
+            connects = s.connects
+            check_roots = time.ticks_add(now, 86400 * 1000)
+            roots_watch()
         if time.ticks_diff(now, due) >= 0:
             seq += 1
             t = board.read_sensor()

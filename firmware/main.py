@@ -30,13 +30,15 @@ def _config(root):
 def _roots_status(store, warn_days):
     from iothub import rootupdate
 
-    return rootupdate.report(store, warn_days)
+    for p in store.problems:  # slots found torn or corrupt (and repaired) at load
+        print("certs:", p)
+    return rootupdate.report(store, warn_days), rootupdate.expiring(store, warn_days)
 
 
 def start():
     root = board.flash_root()
     cfg, secrets = _config(root)
-    certs = transport.roots_source(root, cfg["certs_dir"])
+    certs = transport.lazy_roots(root, cfg["certs_dir"])
     # The `rootCerts` status needs the cert store's full code: read it before the session's
     # modules load, so this boot-time step does not add to the session's peak heap.
     roots = certs.use(lambda store: _roots_status(store, cfg["roots_expiry_warn_days"]))
@@ -63,7 +65,10 @@ def start():
         print("main: clock:", e)
     s = Session(cfg, secrets, certs, root=root, net=net, network_ok=board.network_ok, set_clock=set_clock)
     secrets = None
-    s.report({"rootCerts": roots})  # queued as JSON text: the dict can go
+    s.report({"rootCerts": roots[0]})  # queued as JSON text: the dicts can go
+    if roots[1]:
+        s.send({"rootCertsExpiring": roots[1], "warnDays": cfg["roots_expiry_warn_days"]},
+               {"alert": "rootCertsExpiring"})
     roots = None
     import app
 

@@ -159,6 +159,7 @@ class Roots:
     def __init__(self, certs_dir):
         self.dir = certs_dir
         self._failures = 0
+        self.changed = False  # a staged/fallback set was promoted or dropped: worth reporting
 
     def use(self, fn):
         # fn(store) with the store loaded (handshakes, root rotation, status reports), then unloaded
@@ -187,12 +188,14 @@ class Roots:
         if slot == "active":
             self._failures = 0
         else:
+            self.changed = True
             self._call("tls_ok", slot)
 
     def tls_failed(self, slot):
         if slot == "active":
             self._failures += 1
         else:
+            self.changed = True
             self._call("tls_failed", slot)
 
 
@@ -205,5 +208,14 @@ def _unload(*names):
 
 
 def roots_source(root, certs_dir):
-    # What main hands the session as its root store.
+    # The root store: certstore.Store (roots_for_connect/tls_ok/tls_failed for the session, and
+    # everything rootupdate needs).
+    from iothub import certstore
+
+    return certstore.Store(root.rstrip("/") + "/" + certs_dir)
+
+
+def lazy_roots(root, certs_dir):
+    # The same session calls from a store loaded only when it has work to do (see Roots): what
+    # the firmware uses, to keep the cert store's code off the heap between handshakes.
     return Roots(root.rstrip("/") + "/" + certs_dir)

@@ -5,6 +5,7 @@ while a device that never got the new roots is refused."""
 import hashlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -51,6 +52,11 @@ def test_rotation_over_the_air(hub, tmp_path, device):  # noqa: F811
     dev.wait_for(r"iothub: connected ", count=2, timeout=120)
     active = (tmp_path / "a" / "certs" / "active" / "roots.pem").read_bytes()
     assert active == bundle
+    # and the device says so: rootCerts reported again once the staged set was kept
+    deadline = time.monotonic() + 60
+    while len(hub.service.get_twin("rot-1")["properties"]["reported"]["rootCerts"]["active"]["certs"]) != 2:
+        assert time.monotonic() < deadline, dev.log()
+        time.sleep(0.2)
 
     hub_cli(hub, "rotate-ca", "--activate")
     hub.restart()
