@@ -61,16 +61,19 @@ def test_token_renewed_before_expiry_nothing_lost(hub, tmp_path, device):  # noq
 
 
 def test_backoff_when_hub_goes_away(hub, tmp_path, device):  # noqa: F811
-    # one reading every 3 s: the outage (~30 s of backoff) stays within the 16-message queue
-    provision(hub, tmp_path / "flash", "backoff-1", telemetry_interval=3, retry_cap=60)
+    # one reading every 5 s: the outage (up to ~50 s of backoff and restart) stays within the 16-message queue
+    provision(hub, tmp_path / "flash", "backoff-1", telemetry_interval=5, retry_cap=60)
     dev = device(tmp_path / "flash")
     dev.wait_for(r"iothub: connected ")
     before = len(dev.lines)
     hub.stop()
     dev.wait_for(r"iothub: connection lost")
-    found = dev.wait_for(r"iothub: retry in (\d+) ms \(attempt (\d+)\)", count=5, timeout=120)
+    retry = r"iothub: retry in (\d+) ms \(attempt (\d+)\)"
+    earlier = len(dev.wait_for(retry, count=0))  # any from before the outage (a slow first connect)
+    dev.wait_for(retry, count=earlier + 5, timeout=120)
     hub.start()
     dev.wait_for(r"iothub: connected ", count=2, timeout=120)
+    found = [m for m in (re.search(retry, x) for x in dev.lines[before:]) if m]
     delays = [(int(m.group(2)), int(m.group(1))) for m in found][:5]
     assert [a for a, _ in delays] == [1, 2, 3, 4, 5]
     for attempt, d in delays:  # equal jitter: within [cap/2, cap] of 1 s * 2^(n-1)
