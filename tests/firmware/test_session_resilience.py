@@ -56,7 +56,7 @@ def test_token_renewed_before_expiry_nothing_lost(hub, tmp_path, device):  # noq
     assert "connection lost" not in log, log
     assert "SAS token expired" not in hub.log()
     for m in re.finditer(r"token valid (\d+) s", log):
-        assert 15 <= int(m.group(1)) <= 20
+        assert 5 <= int(m.group(1)) <= 20  # minted for 20 s (a slow connect eats into it)
     assert key not in log and "SharedAccessSignature" not in log
 
 
