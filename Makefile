@@ -5,12 +5,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MP := build/micropython
+MP32 := build/micropython-32
 UMQTT := build/umqtt/umqtt/simple.py
 MPY_STAMP := build/mpy/.stamp
 DEVICE_SRC := $(shell find lib firmware boards -name '*.py' 2>/dev/null)
 
 .PHONY: setup test demo bench clean distclean
-setup: $(BIN)/.stamp $(MP) $(UMQTT) $(MPY_STAMP)
+setup: $(BIN)/.stamp $(MP) $(MP32) $(UMQTT) $(MPY_STAMP)
 
 $(BIN)/.stamp: pyproject.toml tools/setup/venv.sh
 	bash tools/setup/venv.sh
@@ -19,6 +20,11 @@ $(BIN)/.stamp: pyproject.toml tools/setup/venv.sh
 $(MP): tools/setup/micropython.sh
 	bash tools/setup/micropython.sh
 	@test -x $(MP)
+
+# 32-bit, with a board's mbed TLS config: the heap-budget test runs the firmware on it.
+$(MP32): tools/setup/micropython32.sh | $(MP)
+	bash tools/setup/micropython32.sh
+	@test -x $(MP32)
 
 $(UMQTT): tools/setup/umqtt.py
 	$(PY) tools/setup/umqtt.py
