@@ -11,7 +11,8 @@ SRC_LIB = ROOT / "lib"
 MPY_LIB = ROOT / "build" / "mpy" / "lib"
 UMQTT = ROOT / "build" / "umqtt"
 
-pytest_plugins = []
+# Fixtures every folder may use: a running local hub, a running simulated board, test certificates.
+pytest_plugins = ["hubfixture", "simboardfixture", "certhelpers"]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from hubfixture import hub  # noqa: F401
 from fwtools import ROOT
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,6 @@ import pytest
 
 from upyhub import sim
 
-from hubfixture import hub  # noqa: F401  (the lead's conftest may also list it in pytest_plugins)
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ import pytest
 
 from upyhub import sim
 
-from hubfixture import hub  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ from cryptography.x509.oid import NameOID
 
 from upyhub import sim
 
-from hubfixture import hub  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,6 @@ import pytest
 from upyhub import paths, sim
 
 from fwtools import HUBNAME, new_key, server_ctx
-from hubfixture import hub  # noqa: F401
 
 OLD_SIG = "ssl=False, ssl_params={}):"
 NEW_SIG = "ssl=None):"

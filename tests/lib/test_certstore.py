@@ -6,7 +6,7 @@ import shutil
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from certhelpers import cas, mp_json, mpy_lib, tls_server, make_cert, days, sha, tree  # noqa: F401
+from certhelpers import mp_json, make_cert, days, sha, tree
 from upyhub.certs import device_modules
 
 certstore, _ = device_modules()  # the same module under CPython: used only to lay out starting states

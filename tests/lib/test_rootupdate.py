@@ -3,7 +3,7 @@ import base64
 import datetime
 import json
 
-from certhelpers import cas, days, make_cert, mp_json, sha, tree  # noqa: F401
+from certhelpers import days, make_cert, mp_json, sha, tree
 from upyhub.certs import device_modules
 
 certstore, _ = device_modules()

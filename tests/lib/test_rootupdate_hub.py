@@ -19,7 +19,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certhelpers import ROOT, make_cert, sha
-from hubfixture import hub  # noqa: F401
 from upyhub import sim
 
 pytestmark = pytest.mark.slow

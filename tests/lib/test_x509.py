@@ -9,7 +9,7 @@ import certifi
 from cryptography import x509 as cx509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certhelpers import make_cert, mp_json, mpy_lib  # noqa: F401  (mpy_lib: fixture)
+from certhelpers import make_cert, mp_json
 
 
 def host_view(cert):

@@ -11,8 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hubfixture import hub  # noqa: F401 (fixture)
-from simboardfixture import UPYHUB, sim_board, start_sim_board  # noqa: F401 (fixtures)
+from simboardfixture import UPYHUB
 from upyhub import provision
 
 

@@ -5,11 +5,10 @@ import sys
 import warnings
 
 import certifi
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certhelpers import ROOT, days, make_cert, mp_json, sha, certs_sim_board, tree  # noqa: F401  (certs_sim_board: fixture)
+from certhelpers import ROOT, days, make_cert, mp_json, sha, tree
 
 
 def upyhub(*args):

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from hubfixture import hub  # noqa: F401 (fixture)
-from simboardfixture import UPYHUB, sim_board, start_sim_board, wait_for  # noqa: F401 (fixtures)
+from simboardfixture import UPYHUB, wait_for
 from upyhub import provision, sas
 from upyhub.errors import UsageError
 

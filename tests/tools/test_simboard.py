@@ -6,7 +6,7 @@ import time
 import pytest
 import serial
 
-from simboardfixture import UPYHUB, landlock, sim_board, start_sim_board, wait_for  # noqa: F401 (fixtures)
+from simboardfixture import UPYHUB, landlock, wait_for
 
 
 def ok(result):

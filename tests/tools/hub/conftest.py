@@ -1,7 +1,7 @@
 """The hub fixtures (tests/hubfixture.py) for this folder, and a module-scoped hub for the slower files."""
 import pytest
 
-from hubfixture import LocalHub, hub, hub_session  # noqa: F401  (fixtures)
+from hubfixture import LocalHub
 
 
 @pytest.fixture(scope="module")
