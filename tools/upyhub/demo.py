@@ -17,6 +17,8 @@ import threading
 import time
 
 from upyhub import paths, sim
+from upyhub.errors import UsageError
+from upyhub.hub.client import ServiceError
 
 DEVICE = "demo-device-1"
 DEMO = paths.BUILD / "demo"
@@ -61,6 +63,12 @@ def stop(proc):
             proc.wait()
 
 
+def boot_device():
+    dev = sim.start(DEMO / "flash", start_new_session=True)
+    threading.Thread(target=_pump, args=(dev, "device"), daemon=True).start()
+    return dev
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM stops the demo as cleanly as Ctrl-C
 
@@ -78,16 +86,24 @@ def main(argv=None):
         cfg = sim.provision_local(DEMO / "flash", DEVICE, DEMO / "hub", telemetry_interval=args.interval)
         _, _, _, service, _ = sim.hub_info(DEMO / "hub")
         say("demo", "registered %s on %s; its flash folder is %s" % (DEVICE, cfg["hostname"], DEMO / "flash"))
-        dev = sim.start(DEMO / "flash", start_new_session=True)
+        dev = boot_device()
         say("demo", "running the firmware (%s) on the MicroPython unix port; Ctrl-C stops"
             % sim.image(DEMO / "flash")[0])
-        threading.Thread(target=_pump, args=(dev, "device"), daemon=True).start()
         seen, since = 0, 0
         while True:
             if dev.poll() is not None:
-                say("demo", "the device stopped (exit %d)" % dev.returncode)
-                return 1
-            for m in service.telemetry(DEVICE, since=since, wait=2):
+                if dev.returncode != 0:
+                    say("demo", "the device stopped (exit %d)" % dev.returncode)
+                    return 1
+                say("demo", "the board reset: booting it again")  # as a board does after machine.reset()
+                dev = boot_device()
+            try:
+                batch = service.telemetry(DEVICE, since=since, wait=2)
+            except (ServiceError, OSError) as e:  # the hub restarting, or a CA switch: say so, keep going
+                say("demo", "service API: %s" % e)
+                time.sleep(2)
+                continue
+            for m in batch:
                 since = max(since, m["seq"])
                 seen += 1
                 say("hub", "telemetry from %s: %s  properties %s" % (m["deviceId"], m["body"],
@@ -104,6 +120,9 @@ def main(argv=None):
                 return 0
     except KeyboardInterrupt:
         return 0
+    except (ServiceError, UsageError, OSError) as e:
+        say("demo", "stopping: %s" % e)
+        return 1
     finally:
         stop(dev)
         stop(hub)

@@ -77,9 +77,7 @@ def start(flash, *, source=False, heapsize=None, tree=None, path_extra=(), stdou
 
 def hub_info(data_dir):
     """(hostname, host, mqtt_port, service client, CA PEM) of a running local hub (its data folder)."""
-    from upyhub.hub import pki as pki_mod
-    from upyhub.hub.client import ServiceClient
-    from upyhub.hub.registry import Registry
+    from upyhub.hub import client, pki as pki_mod
 
     data = pathlib.Path(data_dir)
     serve = data / "serve.json"
@@ -87,17 +85,9 @@ def hub_info(data_dir):
         raise UsageError("no local hub is running with data folder %s: start it with `upyhub hub serve --data %s`"
                          % (data, data))
     info = json.loads(serve.read_text())
+    service = client.local(data, "iothubowner")
     pki = pki_mod.PKI(data)
-    reg = Registry(data)
-    try:
-        cs = reg.connection_string(pki.hostname, "iothubowner")
-    finally:
-        reg.close()
-    host = info.get("host") or "127.0.0.1"
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    client = ServiceClient(cs, pki.ca_path(), host=host, port=info["https_port"])
-    return pki.hostname, host, info["mqtt_port"], client, pki.ca_path().read_bytes()
+    return pki.hostname, service.host, info["mqtt_port"], service, pki.ca_path().read_bytes()
 
 
 def provision_local(flash, device_id, hub_data, **settings):

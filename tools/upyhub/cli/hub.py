@@ -148,20 +148,9 @@ def _json_arg(text, what):
 
 
 def _service(args):
-    from upyhub.hub.client import ServiceClient
-    p = _pki(args)
-    served = pathlib.Path(args.data) / "serve.json"
-    info = json.loads(served.read_text()) if served.exists() else {}
-    cs = args.connection_string
-    if not cs:
-        reg = _registry(args)
-        cs = reg.connection_string(p.hostname, "service")
-        reg.close()
-    host = args.host or (info.get("host") if info.get("host") not in (None, "0.0.0.0") else "127.0.0.1")
-    port = args.https_port or info.get("https_port")
-    if not port:
-        raise UsageError("no running hub in %s: give --https-port (and --host)" % args.data)
-    return ServiceClient(cs, args.ca or p.ca_path(), host=host, port=port)
+    from upyhub.hub import client
+    return client.local(args.data, "service", host=args.host, port=args.https_port, ca=args.ca,
+                        connection_string=args.connection_string)
 
 
 def _call(fn, *a, **kw):

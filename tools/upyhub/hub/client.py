@@ -3,7 +3,7 @@
     svc = ServiceClient(connection_string, ca_path, host="127.0.0.1", port=8443)
     svc.put_device("dev1"); svc.send_c2d("dev1", "hi", {"k": "v"}); svc.invoke_method("dev1", "reboot", {}, 10)
 
-TLS verifies the hub certificate against ca_path for the connection string's HostName while connecting
+TLS verifies the hub certificate against ca_path (one file or a list of files) for the connection string's HostName while connecting
 to `host` (hub hostnames need not resolve). Tokens are minted per request from the policy key.
 Non-2xx answers raise ServiceError(status, message); invoke_method raises it for 404 (device offline)
 and 504 (no answer in time).
@@ -48,15 +48,35 @@ class ServiceClient:
         self.host = host or self.hostname
         self.port = port or 443
         self.timeout = timeout
-        try:
-            self._ctx = ssl.create_default_context(cafile=str(ca_path))
-        except (OSError, ssl.SSLError):
-            raise UsageError("cannot read the hub CA certificate %s" % ca_path) from None
+        # ca_path: a file, a list of files, or a function giving the list now (a local hub's CA
+        # generations, re-read once when the hub's certificate no longer verifies: rotate-ca --activate)
+        self._cas = ca_path
+        self._ctx = self._context()
+
+    def _context(self):
+        cas = self._cas() if callable(self._cas) else self._cas
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # hostname checked, CERT_REQUIRED, no system roots
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        for path in cas if isinstance(cas, (list, tuple)) else [cas]:
+            try:
+                ctx.load_verify_locations(cafile=str(path))
+            except (OSError, ssl.SSLError):
+                raise UsageError("cannot read the hub CA certificate %s" % path) from None
+        return ctx
 
     def _token(self):
         return sas.mint(self.hostname, self._key, int(time.time()) + 3600, policy=self.policy)
 
     def request(self, method, path, body=None, headers=None, timeout=None):
+        try:
+            return self._request(method, path, body, headers, timeout)
+        except ssl.SSLCertVerificationError:
+            if not callable(self._cas):
+                raise
+            self._ctx = self._context()
+            return self._request(method, path, body, headers, timeout)
+
+    def _request(self, method, path, body, headers, timeout):
         sep = "&" if "?" in path else "?"
         conn = _Conn(self.host, self.port, self.hostname, self._ctx, timeout or self.timeout)
         hdrs = {"Authorization": self._token(), "Content-Type": "application/json"}
@@ -122,3 +142,37 @@ class ServiceClient:
         if device:
             q["deviceId"] = device
         return self.request("GET", "/messages/events?" + urllib.parse.urlencode(q), timeout=self.timeout + wait)
+
+
+def local(data_dir, policy="service", *, host=None, port=None, ca=None, connection_string=None):
+    """The service client of the local hub running with data folder data_dir.
+
+    It trusts every CA generation of that hub (the host is not what pinning protects, and a
+    `rotate-ca --activate` must not cut the hub's own tools off), unless `ca` names one file.
+    """
+    import pathlib
+
+    from upyhub.hub.pki import PKI
+    from upyhub.hub.registry import Registry
+
+    data = pathlib.Path(data_dir)
+    serve = data / "serve.json"
+    info = json.loads(serve.read_text()) if serve.is_file() else {}
+    port = port or info.get("https_port")
+    if not port:
+        raise UsageError("no local hub is running with data folder %s: start it with `upyhub hub serve --data %s` "
+                         "(or give --https-port and --host)" % (data, data))
+    if not (data / "hub.db").exists():
+        raise UsageError("no hub in %s: run `upyhub hub init` first" % data)
+    pki = PKI(data)
+    if not connection_string:
+        reg = Registry(data)
+        try:
+            connection_string = reg.connection_string(pki.hostname, policy)
+        finally:
+            reg.close()
+    host = host or info.get("host")
+    if host in (None, "", "0.0.0.0"):
+        host = "127.0.0.1"
+    return ServiceClient(connection_string, ca or (lambda: [pki.ca_path(g) for g in pki.generations()]),
+                         host=host, port=port)
