@@ -36,13 +36,18 @@ def make_app(hub):
     routes = web.RouteTableDef()
     registry = hub.registry
 
-    def allow(request, need):
-        try:
-            auth.service(registry, hub.hostname, request.headers.get("Authorization"), need)
-            return None
-        except auth.Denied as d:
-            log.warning("service API refused %s %s: %s", request.method, request.path, d.reason)
-            return _error(401, "Unauthorized: " + d.reason)
+    def needs(rights):
+        """Run the handler only for a request signed by a policy with one of `rights` (else 401)."""
+        def wrap(handler):
+            async def guarded(request):
+                try:
+                    auth.service(registry, hub.hostname, request.headers.get("Authorization"), rights)
+                except auth.Denied as d:
+                    log.warning("service API refused %s %s: %s", request.method, request.path, d.reason)
+                    return _error(401, "Unauthorized: " + d.reason)
+                return await handler(request)
+            return guarded
+        return wrap
 
     async def body_json(request):
         try:
@@ -58,20 +63,25 @@ def make_app(hub):
                                    content_type="application/json")
         return row
 
+    async def device_and_body(request):
+        """The URL's device id (404 when unknown) and the request's JSON body (400 when not JSON)."""
+        device_id = request.match_info["id"]
+        device_or_404(device_id)
+        return device_id, await body_json(request)
+
     @routes.get("/devices")
+    @needs(READ)
     async def list_devices(request):
-        return allow(request, READ) or web.json_response(
-            [registry.device_json(r) for r in registry.list_devices()])
+        return web.json_response([registry.device_json(r) for r in registry.list_devices()])
 
     @routes.get("/devices/{id}")
+    @needs(READ)
     async def get_device(request):
-        return allow(request, READ) or web.json_response(registry.device_json(device_or_404(request.match_info["id"])))
+        return web.json_response(registry.device_json(device_or_404(request.match_info["id"])))
 
     @routes.put("/devices/{id}")
+    @needs(WRITE)
     async def put_device(request):
-        denied = allow(request, WRITE)
-        if denied:
-            return denied
         device_id = request.match_info["id"]
         doc = await body_json(request)
         if not isinstance(doc, dict) or doc.get("deviceId", device_id) != device_id:
@@ -95,10 +105,8 @@ def make_app(hub):
         return web.json_response(registry.device_json(row))
 
     @routes.delete("/devices/{id}")
+    @needs(WRITE)
     async def delete_device(request):
-        denied = allow(request, WRITE)
-        if denied:
-            return denied
         try:
             found = registry.delete_device(request.match_info["id"], request.headers.get("If-Match"))
         except reg.PreconditionFailed:
@@ -111,21 +119,15 @@ def make_app(hub):
         return web.Response(status=204)
 
     @routes.get("/twins/{id}")
+    @needs(READ | SERVICE)
     async def get_twin(request):
-        denied = allow(request, READ | SERVICE)
-        if denied:
-            return denied
         device_or_404(request.match_info["id"])
         return web.json_response(registry.get_twin(request.match_info["id"]))
 
     @routes.patch("/twins/{id}")
+    @needs(SERVICE)
     async def patch_twin(request):
-        denied = allow(request, SERVICE)
-        if denied:
-            return denied
-        device_id = request.match_info["id"]
-        device_or_404(device_id)
-        doc = await body_json(request)
+        device_id, doc = await device_and_body(request)
         desired = (doc.get("properties") or {}).get("desired") if isinstance(doc, dict) else None
         if not isinstance(desired, dict):
             return _error(400, "body must be {\"properties\": {\"desired\": {...}}}")
@@ -136,13 +138,9 @@ def make_app(hub):
         return web.json_response(registry.get_twin(device_id))
 
     @routes.post("/twins/{id}/methods")
+    @needs(SERVICE)
     async def invoke(request):
-        denied = allow(request, SERVICE)
-        if denied:
-            return denied
-        device_id = request.match_info["id"]
-        device_or_404(device_id)
-        doc = await body_json(request)
+        device_id, doc = await device_and_body(request)
         name = doc.get("methodName") if isinstance(doc, dict) else None
         if not isinstance(name, str) or not METHOD_NAME_RE.match(name):
             return _error(400, "methodName is missing or has a character not allowed in a topic")
@@ -157,13 +155,9 @@ def make_app(hub):
         return web.json_response({"status": status, "payload": payload})
 
     @routes.post("/devices/{id}/messages/devicebound")
+    @needs(SERVICE)
     async def c2d(request):
-        denied = allow(request, SERVICE)
-        if denied:
-            return denied
-        device_id = request.match_info["id"]
-        device_or_404(device_id)
-        doc = await body_json(request)
+        device_id, doc = await device_and_body(request)
         body = doc.get("body", "") if isinstance(doc, dict) else None
         props = doc.get("properties") or {} if isinstance(doc, dict) else None
         if not isinstance(body, str) or not isinstance(props, dict) or \
@@ -176,10 +170,8 @@ def make_app(hub):
         return web.json_response({"messageId": props["$.mid"], "seq": seq})
 
     @routes.get("/messages/events")
+    @needs(SERVICE)
     async def events(request):
-        denied = allow(request, SERVICE)
-        if denied:
-            return denied
         try:
             since = int(request.query.get("since", "0"))
             wait = min(float(request.query.get("wait", "0")), 30.0)
