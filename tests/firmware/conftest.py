@@ -20,11 +20,12 @@ def fw_tree(tmp_path_factory):
 
 @pytest.fixture
 def device(fw_tree):
-    """device(flash, heapsize=None) -> Device; every one started is stopped after the test."""
+    """device(flash, heapsize=None, executable=None) -> Device; every one started is stopped after the test.
+    executable: another MicroPython unix port to run instead of build/micropython."""
     started = []
 
-    def start(flash, heapsize=None, source=False, path_extra=()):
-        d = Device(flash, fw_tree, heapsize=heapsize, source=source, path_extra=path_extra)
+    def start(flash, heapsize=None, source=False, path_extra=(), executable=None):
+        d = Device(flash, fw_tree, heapsize=heapsize, source=source, path_extra=path_extra, executable=executable)
         started.append(d)
         return d
 

@@ -22,10 +22,11 @@ def new_key():
 class Device:
     """A running simulated board; its log lines are collected as they come."""
 
-    def __init__(self, flash, tree, heapsize=None, source=False, path_extra=()):
+    def __init__(self, flash, tree, heapsize=None, source=False, path_extra=(), executable=None):
         self.flash = pathlib.Path(flash)
         self.lines = []
-        self.proc = sim.start(flash, tree=tree, heapsize=heapsize, source=source, path_extra=path_extra)
+        kw = {"executable": str(executable)} if executable else {}  # another unix port build (micropython-32)
+        self.proc = sim.start(flash, tree=tree, heapsize=heapsize, source=source, path_extra=path_extra, **kw)
         self._t = threading.Thread(target=self._pump, daemon=True)
         self._t.start()
 

@@ -1,62 +1,94 @@
-"""The whole session from .mpy on a bounded heap: connect over TLS, telemetry, a desired property,
-a direct method, reconnect, under `micropython -X heapsize=...`.
+"""The whole session from .mpy on a bounded heap, on a board-faithful build: connect over TLS,
+telemetry acknowledged, a direct method, a desired property, a reconnect, more telemetry.
 
-Budget: BUDGET for everything the session keeps on the Python heap, plus what this unix build
-alone puts there: its TLS context embeds mbed TLS's entropy state, which Debian's mbed TLS (HAVEGE
-enabled) makes ~38 KB larger than MicroPython's own mbed TLS configuration on boards (whose whole
-context is a few KB). That excess is measured and added.
+It runs on build/micropython-32 (tools/setup/micropython32.sh): the same MicroPython 1.25, built
+32-bit (a board's object sizes) with MicroPython's own mbed TLS 3 board config: no HAVEGE state in
+the TLS context (Debian's mbed TLS 2.28 puts 38 KB there), no PEM parser (so the root is on flash as
+DER, as a Pico W needs it). Nothing is added to the budget. Two memory models:
 
-NOT MET YET: the target is 64 KB. On this 64-bit unix port (pointers, dicts and code objects twice
-a board's size) the session needs ~70 KB at its peak (reconnecting, with the certificate store
-loaded next to everything else: ~15 KB of it), so this test holds it to 80 KB to catch growth."""
+- esp32: mbed TLS allocates outside MicroPython's heap (ESP-IDF's mbed TLS does): 64 KB, the
+  issue's budget. The session uses ~43 KB of it once connected.
+- rp2: every mbed TLS allocation (16 KB record buffer, 4 KB out buffer, CA, handshake) comes from
+  the Python heap, as MicroPython's bare-metal config does on RP2040. 64 KB is NOT met there: the
+  session holds ~46 KB of Python objects and code before the handshake, which needs ~29 KB more
+  (a 16.7 KB block of it contiguous); it passes at 84 KB. This case holds it to RP2_HEAP to catch
+  growth."""
 import json
+import ssl
+import subprocess
 import time
 
 import pytest
 
 from upyhub import sim
 
-from hubfixture import hub  # noqa: F401
+from fwtools import ROOT
 
 pytestmark = pytest.mark.slow
 
-BUDGET = 80 * 1024
-BOARD_CONTEXT = 4 * 1024  # a board's SSLContext (ssl config, CA chain head, DRBG, small entropy pool)
+MP32 = ROOT / "build" / "micropython-32"
+RP2_HEAP = "88K"
+MODELS = {
+    "esp32": ("64K", {"MP32_MBEDTLS_ALLOC": "libc"}),
+    "rp2": (RP2_HEAP, {}),
+}
 
-CTX_SIZE = """
-import gc, tls
+BOARD_LIKE = """
+import sys, gc, tls
 gc.collect()
 a = gc.mem_alloc()
 c = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
 gc.collect()
-print(gc.mem_alloc() - a)
+print(sys.maxsize, gc.mem_alloc() - a)
 """
 
 
 @pytest.fixture(scope="module")
-def heapsize(run_mp):
-    p = run_mp(CTX_SIZE)
+def mp32():
+    if not MP32.exists():
+        pytest.fail("build/micropython-32 is missing: run `make setup` (make test does it)")
+    p = subprocess.run([str(MP32), "-c", BOARD_LIKE], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
-    ctx = int(p.stdout)
-    return BUDGET + max(0, ctx - BOARD_CONTEXT)
+    maxsize, ctx = map(int, p.stdout.split())
+    assert maxsize == 2**31 - 1, "not a 32-bit build"
+    assert ctx < 8 * 1024, "TLS context of %d bytes: not the board's mbed TLS config" % ctx
+    return MP32
 
 
-def test_session_on_board_sized_heap(hub, tmp_path, device, heapsize):  # noqa: F811
-    key = hub.add_device("heap-1")
-    flash = tmp_path / "flash"
-    sim.write_flash(flash, hostname=hub.hostname, device_id="heap-1", device_key=key, ca_pem=hub.ca_pem,
-                    port=hub.mqtt_port, gateway=hub.host, telemetry_interval=1)
-    dev = device(flash, heapsize=heapsize)
-    dev.wait_for(r"iothub: connected to %s as heap-1" % hub.hostname)
-    deadline = time.monotonic() + 60
-    while len(hub.service.telemetry("heap-1")) < 3:
+def _seqs(hub):
+    return [json.loads(m["body"])["seq"] for m in hub.service.telemetry("heap-1")]
+
+
+def _wait(cond, dev, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not cond():
         assert time.monotonic() < deadline, dev.log()
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_session_on_board_sized_heap(hub, tmp_path, device, mp32, monkeypatch, model):
+    heap, env = MODELS[model]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    key = hub.add_device("heap-1")
+    flash = tmp_path / "flash"
+    der = ssl.PEM_cert_to_DER_cert(hub.ca_pem if isinstance(hub.ca_pem, str) else hub.ca_pem.decode())
+    sim.write_flash(flash, hostname=hub.hostname, device_id="heap-1", device_key=key, ca_pem=der,
+                    port=hub.mqtt_port, gateway=hub.host, telemetry_interval=1)
+    dev = device(flash, heapsize=heap, executable=mp32)
+    dev.wait_for(r"iothub: connected to %s as heap-1" % hub.hostname)
+    _wait(lambda: len(_seqs(hub)) >= 3, dev)  # QoS 1: each acknowledged before the next goes
     assert hub.service.invoke_method("heap-1", "ping", {"x": 1}, timeout=30)[0] == 200
     hub.service.update_twin("heap-1", {"telemetryInterval": 2})
     dev.wait_for(r"app: telemetry every 2 s")
-    seq = max(json.loads(m["body"])["seq"] for m in hub.service.telemetry("heap-1"))
+    seq = max(_seqs(hub))
     dev.wait_for(r"app: telemetry %d queued" % (seq + 2))
-    hub.restart()  # a reconnect: the certificate store is loaded again next to everything else
+    hub.restart()  # a reconnect: a new TLS session and the certificate store loaded again
     dev.wait_for(r"iothub: connected to %s as heap-1" % hub.hostname, count=2, timeout=120)
-    assert "MemoryError" not in dev.log() and "memory allocation failed" not in dev.log()
+    seq = max(_seqs(hub))
+    _wait(lambda: max(_seqs(hub)) >= seq + 2, dev)
+    assert hub.service.invoke_method("heap-1", "ping", {"x": 2}, timeout=30)[0] == 200
+    log = dev.log()
+    assert "MemoryError" not in log and "memory allocation failed" not in log and "ENOMEM" not in log, log
+    assert "crashed" not in log, log
