@@ -2,7 +2,9 @@
 # watchdog, internal temperature. Secrets live in /secrets.json on the flash (littlefs).
 # Hardware modules (network, ntptime, machine, esp32) are imported on first use through _hw(),
 # so the tests run this file on the unix port with stand-ins that model their failures.
-import time
+# The join/retry/NTP logic is shared with the other boards (iothub.station); this file keeps
+# what is this board's own: its radio's status codes, LED, watchdog and sensor.
+from iothub import station
 
 NAME = "esp32"
 LED_PIN = 2  # the on-board LED of most ESP32 DevKits; set to None for boards without one
@@ -10,15 +12,8 @@ BACKOFF_MS = 1000  # first pause between attempts; doubles, capped at 8 s
 _POLL_MS = 100
 
 
-class NetworkError(Exception):
-    # reason: "ap-not-found", "wrong-password", "dhcp-timeout", "timeout" or "no-interface"
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class TimeError(Exception):
-    pass
+NetworkError = station.NetworkError
+TimeError = station.TimeError
 
 
 def _hw(name):
@@ -27,21 +22,6 @@ def _hw(name):
 
 def flash_root():
     return "/"
-
-
-def _pause(attempt):
-    time.sleep_ms(min(BACKOFF_MS << attempt, 8000))
-
-
-def _wlan():
-    network = _hw("network")
-    try:
-        wlan = network.WLAN(network.STA_IF)
-        if not wlan.active():
-            wlan.active(True)
-    except (AttributeError, OSError):
-        raise NetworkError("no-interface")
-    return network, wlan
 
 
 def _associated(wlan):
@@ -54,76 +34,36 @@ def _associated(wlan):
         return False
 
 
-def _wait(network, wlan, timeout_ms):
-    """None once connected with an address, else the reason it did not."""
-    no_ap = (getattr(network, "STAT_NO_AP_FOUND", 201),
-             getattr(network, "STAT_NO_AP_FOUND_IN_RSSI_THRESHOLD", 211),
-             getattr(network, "STAT_NO_AP_FOUND_IN_AUTHMODE_THRESHOLD", 212),
-             getattr(network, "STAT_NO_AP_FOUND_W_COMPATIBLE_SECURITY", 210),
-             getattr(network, "STAT_BEACON_TIMEOUT", 200))
-    bad_auth = (getattr(network, "STAT_WRONG_PASSWORD", 202), getattr(network, "STAT_HANDSHAKE_TIMEOUT", 204))
-    start = time.ticks_ms()
-    while True:
-        if wlan.isconnected():
-            return None
-        st = wlan.status()
-        if st in no_ap:
-            return "ap-not-found"
-        if st in bad_auth:
-            return "wrong-password"
-        if time.ticks_diff(time.ticks_ms(), start) >= timeout_ms:
-            return "dhcp-timeout" if _associated(wlan) else "timeout"
-        time.sleep_ms(_POLL_MS)
+def _state(network, wlan, expired):
+    """station.JOINED once connected with an address, a reason it failed, or None: still joining."""
+    if wlan.isconnected():
+        return station.JOINED
+    st = wlan.status()
+    if st in (getattr(network, "STAT_NO_AP_FOUND", 201),
+              getattr(network, "STAT_NO_AP_FOUND_IN_RSSI_THRESHOLD", 211),
+              getattr(network, "STAT_NO_AP_FOUND_IN_AUTHMODE_THRESHOLD", 212),
+              getattr(network, "STAT_NO_AP_FOUND_W_COMPATIBLE_SECURITY", 210),
+              getattr(network, "STAT_BEACON_TIMEOUT", 200)):
+        return "ap-not-found"
+    if st in (getattr(network, "STAT_WRONG_PASSWORD", 202), getattr(network, "STAT_HANDSHAKE_TIMEOUT", 204)):
+        return "wrong-password"
+    if expired:
+        return "dhcp-timeout" if _associated(wlan) else "timeout"
+    return None
 
 
 def connect_network(ssid, password, timeout_s=20, retries=3):
     """Join `ssid`; idempotent. Raises NetworkError with the last failure's reason."""
-    network, wlan = _wlan()
-    if wlan.isconnected():
-        return
-    reason = "timeout"
-    for attempt in range(max(retries, 1)):
-        if attempt:
-            _pause(attempt - 1)
-        try:
-            wlan.connect(ssid, password)
-        except OSError:
-            reason = "timeout"  # the driver refused (e.g. still busy): try again
-        else:
-            reason = _wait(network, wlan, int(timeout_s * 1000))
-            if reason is None:
-                return
-        try:
-            wlan.disconnect()  # stop the driver's own reconnect loop before the next try
-        except OSError:
-            pass
-    raise NetworkError(reason)
+    station.connect(_hw("network"), _state, ssid, password, timeout_s, retries, BACKOFF_MS, _POLL_MS)
 
 
 def network_ok():
-    try:
-        network = _hw("network")
-        return network.WLAN(network.STA_IF).isconnected()
-    except (AttributeError, OSError):
-        return False
+    return station.connected(_hw("network"))
 
 
 def set_time(servers=("pool.ntp.org",), retries=3):
     """Set the RTC from the first NTP server that answers; raises TimeError."""
-    ntptime = _hw("ntptime")
-    if isinstance(servers, str):
-        servers = (servers,)
-    for attempt in range(max(retries, 1)):
-        if attempt:
-            _pause(attempt - 1)
-        for host in servers:
-            ntptime.host = host
-            try:
-                ntptime.settime()
-                return
-            except (OSError, OverflowError, IndexError, ValueError):
-                pass  # unreachable, timed out or a short reply: next server
-    raise TimeError("no answer from %s" % ", ".join(servers))
+    station.set_time(_hw("ntptime"), servers, retries, BACKOFF_MS)
 
 
 _led = []

@@ -1,19 +1,7 @@
 # Frozen firmware for ESP32 boards: the port's own modules for the board being built, then
-# upyhub's device package, firmware modules and this board module (frozen as `board`).
+# upyhub's device package and firmware modules (boards/manifest_common.py) and this board
+# module (frozen as `board`).
 # Build (see README): make -C ports/esp32 BOARD=ESP32_GENERIC FROZEN_MANIFEST=<this file>
-# boot.py and main.py stay files on the flash (provisioning writes them): a frozen main.py
-# would shadow the flash's copy forever.
 include("$(BOARD_DIR)/manifest.py")  # includes umqtt.simple from micropython-lib on ESP32
-
-# Everything in lib/ and firmware/ (MicroPython's manifest tool runs this from its own folder).
-import os
-
-for name in sorted(n for n in os.listdir("../../lib") if not n.startswith((".", "__pycache__"))):
-    if os.path.isdir("../../lib/" + name):
-        package(name, base_path="../../lib")
-    elif name.endswith(".py"):
-        module(name, base_path="../../lib")
-for name in sorted(os.listdir("../../firmware")):
-    if name.endswith(".py") and name not in ("boot.py", "main.py"):
-        module(name, base_path="../../firmware")
+include("../manifest_common.py")
 module("board.py")

@@ -2,7 +2,11 @@
 # on the radio chip, watchdog, the RP2040's temperature sensor. Secrets live in /secrets.json.
 # Hardware modules (network, ntptime, machine) are imported on first use through _hw(), so
 # the tests run this file on the unix port with stand-ins that model their failures.
+# The join/retry/NTP logic is shared with the other boards (iothub.station); this file keeps
+# what is this board's own: its radio's status codes, LED, watchdog and sensor.
 import time
+
+from iothub import station
 
 NAME = "rp2_pico_w"
 BACKOFF_MS = 1000  # first pause between attempts; doubles, capped at 8 s
@@ -11,15 +15,8 @@ _POLL_MS = 100
 _LINK_NOIP = 2  # CYW43_LINK_NOIP: joined, no DHCP lease yet (no network.STAT_ name for it)
 
 
-class NetworkError(Exception):
-    # reason: "ap-not-found", "wrong-password", "dhcp-timeout", "timeout" or "no-interface"
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class TimeError(Exception):
-    pass
+NetworkError = station.NetworkError
+TimeError = station.TimeError
 
 
 def _hw(name):
@@ -30,93 +27,34 @@ def flash_root():
     return "/"
 
 
-def _pause(attempt):
-    time.sleep_ms(min(BACKOFF_MS << attempt, 8000))
-
-
-def _wlan():
-    network = _hw("network")
-    try:
-        wlan = network.WLAN(network.STA_IF)
-        if not wlan.active():
-            wlan.active(True)
-    except (AttributeError, OSError):
-        raise NetworkError("no-interface")
-    return network, wlan
-
-
-def _wait(network, wlan, timeout_ms):
-    """None once connected with an address, else the reason it did not."""
-    no_ap = getattr(network, "STAT_NO_AP_FOUND", -2)
-    bad_auth = getattr(network, "STAT_WRONG_PASSWORD", -3)
-    failed = getattr(network, "STAT_CONNECT_FAIL", -1)
-    got_ip = getattr(network, "STAT_GOT_IP", 3)
-    start = time.ticks_ms()
-    last = None
-    while True:
-        st = wlan.status()
-        if st == got_ip and wlan.isconnected():
-            return None
-        if st == no_ap:
-            return "ap-not-found"
-        if st == bad_auth:
-            return "wrong-password"
-        if st == failed:
-            return "timeout"  # the driver gave up without saying why
-        last = st
-        if time.ticks_diff(time.ticks_ms(), start) >= timeout_ms:
-            return "dhcp-timeout" if last == _LINK_NOIP else "timeout"
-        time.sleep_ms(_POLL_MS)
+def _state(network, wlan, expired):
+    """station.JOINED once connected with an address, a reason it failed, or None: still joining."""
+    st = wlan.status()
+    if st == getattr(network, "STAT_GOT_IP", 3) and wlan.isconnected():
+        return station.JOINED
+    if st == getattr(network, "STAT_NO_AP_FOUND", -2):
+        return "ap-not-found"
+    if st == getattr(network, "STAT_WRONG_PASSWORD", -3):
+        return "wrong-password"
+    if st == getattr(network, "STAT_CONNECT_FAIL", -1):
+        return "timeout"  # the driver gave up without saying why
+    if expired:
+        return "dhcp-timeout" if st == _LINK_NOIP else "timeout"
+    return None
 
 
 def connect_network(ssid, password, timeout_s=20, retries=3):
     """Join `ssid`; idempotent. Raises NetworkError with the last failure's reason."""
-    network, wlan = _wlan()
-    if wlan.isconnected():
-        return
-    reason = "timeout"
-    for attempt in range(max(retries, 1)):
-        if attempt:
-            _pause(attempt - 1)
-        try:
-            wlan.connect(ssid, password)
-        except OSError:
-            reason = "timeout"
-        else:
-            reason = _wait(network, wlan, int(timeout_s * 1000))
-            if reason is None:
-                return
-        try:
-            wlan.disconnect()  # stop the driver's own reconnect loop before the next try
-        except OSError:
-            pass
-    raise NetworkError(reason)
+    station.connect(_hw("network"), _state, ssid, password, timeout_s, retries, BACKOFF_MS, _POLL_MS)
 
 
 def network_ok():
-    try:
-        network = _hw("network")
-        return network.WLAN(network.STA_IF).isconnected()
-    except (AttributeError, OSError):
-        return False
+    return station.connected(_hw("network"))
 
 
 def set_time(servers=("pool.ntp.org",), retries=3):
     """Set the RTC from the first NTP server that answers; raises TimeError."""
-    ntptime = _hw("ntptime")
-    if isinstance(servers, str):
-        servers = (servers,)
-    for attempt in range(max(retries, 1)):
-        if attempt:
-            _pause(attempt - 1)
-        for host in servers:
-            ntptime.host = host
-            try:
-                ntptime.settime()
-                return
-            except (OSError, OverflowError, IndexError, ValueError):
-                pass
-    raise TimeError("no answer from %s" % ", ".join(servers))
+    station.set_time(_hw("ntptime"), servers, retries, BACKOFF_MS)
 
 
 _led = []

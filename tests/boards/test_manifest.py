@@ -18,6 +18,7 @@ def test_manifest_freezes_the_device_tree(board):
     files = {p.relative_to(ROOT).as_posix() for p in build.manifest_files(board)}
     assert "boards/%s/board.py" % board in files
     assert {"lib/iothub/%s" % p.name for p in (ROOT / "lib" / "iothub").glob("*.py")} <= files
+    assert "lib/iothub/station.py" in files  # the board module's shared half
     assert "firmware/main.py" not in files and "firmware/boot.py" not in files
 
 
@@ -35,6 +36,7 @@ def test_build_checks_the_manifest(board, tmp_path):
 def boards_copy(tmp_path, monkeypatch):
     dst = tmp_path / "boards"
     shutil.copytree(ROOT / "boards" / "esp32", dst / "esp32")
+    shutil.copyfile(ROOT / "boards" / "manifest_common.py", dst / "manifest_common.py")
     # The manifest's relative paths reach ../../lib: mirror the repo's layout around the copy.
     (tmp_path / "lib").symlink_to(ROOT / "lib")
     (tmp_path / "firmware").symlink_to(ROOT / "firmware")
@@ -45,6 +47,25 @@ def boards_copy(tmp_path, monkeypatch):
 def test_missing_file_is_reported(boards_copy):
     boards_copy.write_text(boards_copy.read_text() + '\nmodule("gone.py")\n')
     with pytest.raises(UsageError, match="module gone.py: no file"):
+        build.manifest_files("esp32")
+
+
+def test_included_manifest_is_checked(boards_copy):
+    common = boards_copy.parent.parent / "manifest_common.py"
+    common.write_text(common.read_text() + '\nmodule("gone.py", base_path="../lib")\n')
+    with pytest.raises(UsageError, match="module gone.py: no file .*lib/gone.py"):
+        build.manifest_files("esp32")
+
+
+def test_missing_include_is_reported(boards_copy):
+    (boards_copy.parent.parent / "manifest_common.py").unlink()
+    with pytest.raises(UsageError, match="include ../manifest_common.py: not found"):
+        build.manifest_files("esp32")
+
+
+def test_unfrozen_shared_module_is_reported(boards_copy):
+    boards_copy.write_text(boards_copy.read_text().replace('include("../manifest_common.py")', ""))
+    with pytest.raises(UsageError, match="lib/iothub/station.py is not frozen"):
         build.manifest_files("esp32")
 
 

@@ -62,19 +62,21 @@ def manifest_files(board):
 
     A manifest is MicroPython's (tools/manifestfile.py): include/require/package/module/freeze.
     Paths with $(...) variables belong to MicroPython's own tree and are left to the port
-    build. Raises UsageError when a named file or folder is missing, or when a firmware module
-    or the board module is not frozen. Returns [] for a board without a manifest (unix).
+    build; local includes (boards/manifest_common.py) are followed. Raises UsageError when a
+    named file or folder is missing, or when a firmware module or the board module is not
+    frozen. Returns [] for a board without a manifest (unix).
     """
     manifest = paths.BOARDS / board / "manifest.py"
     if not manifest.exists():
         return []
-    here = manifest.parent
-    named, problems = [], []
+    named, problems, visited = [], [], set()
 
+    # Relative paths are relative to the manifest being run: run() makes it the working
+    # folder while it runs, as MicroPython's manifest tool does (includes too).
     def local(base_path, rel):
         if "$(" in base_path or "$(" in rel:
             return None
-        return (here / base_path / rel).resolve()
+        return (pathlib.Path.cwd() / base_path / rel).resolve()
 
     def package(package_path, files=None, base_path=".", opt=None):
         root = local(base_path, package_path)
@@ -109,22 +111,36 @@ def manifest_files(board):
 
     def include(manifest_path, **kw):
         for m in ([manifest_path] if isinstance(manifest_path, str) else manifest_path):
-            if "$(" not in m and not (here / m).exists():
+            path = local(".", m)
+            if path is None:  # MicroPython's own tree
+                continue
+            if path.is_dir():  # a folder means the manifest.py inside it
+                path = path / "manifest.py"
+            if not path.is_file():
                 problems.append("include %s: not found" % m)
+            elif path not in visited:  # each manifest once, as MicroPython does
+                run(path)
 
     def ignore(*a, **kw):
         pass
 
-    env = {"package": package, "module": module, "freeze": freeze, "include": include, "require": ignore,
-           "metadata": ignore, "add_library": ignore, "options": type("Options", (), {})()}
-    cwd = os.getcwd()
-    try:
-        os.chdir(here)  # as MicroPython's manifest tool runs it
-        exec(compile(manifest.read_text(), str(manifest), "exec"), env)
-    except Exception as exc:  # a manifest is code: report what broke, in one line
-        raise UsageError("%s: %s: %s" % (_show(manifest), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))
-    finally:
-        os.chdir(cwd)
+    def run(path):
+        visited.add(path.resolve())
+        env = {"package": package, "module": module, "freeze": freeze, "include": include, "require": ignore,
+               "metadata": ignore, "add_library": ignore, "options": type("Options", (), {})()}
+        cwd = os.getcwd()
+        try:
+            os.chdir(path.parent)
+            exec(compile(path.read_text(), str(path), "exec"), env)
+        except UsageError:
+            raise  # an included manifest's own report
+        except Exception as exc:  # a manifest is code: report what broke, in one line
+            raise UsageError("%s: %s: %s" % (_show(path), type(exc).__name__,
+                                             str(exc).splitlines()[0] if str(exc) else ""))
+        finally:
+            os.chdir(cwd)
+
+    run(manifest)
     wanted = [src for src, rel in sources(board) if rel.name not in SOURCE_ONLY and "umqtt" not in rel.parts]
     for src in wanted:
         if src.resolve() not in named:
