@@ -17,32 +17,17 @@ import json
 
 from upyhub import build, certs, mpr
 
-INSPECT = r"""
-import os, json, time, binascii, hashlib
+INSPECT = mpr.WALK + r"""
+import json, time
 def _rd(p, n=131072):
     try:
         with open(p, 'rb') as f:
             return f.read(n)
     except OSError:
         return None
-def _h(p):
-    d = hashlib.sha256()
-    with open(p, 'rb') as f:
-        while True:
-            b = f.read(512)
-            if not b:
-                break
-            d.update(b)
-    return binascii.hexlify(d.digest()).decode()
-def _walk(p, out):
-    for e in os.ilistdir(p):
-        q = p + e[0] if p.endswith('/') else p + '/' + e[0]
-        if e[1] == 0x4000:
-            _walk(q, out)
-        else:
-            out.append(q)
 _all = []
 _walk('/', _all)
+_all = [p for p in _all if not p.endswith('/')]
 A = {'files': {}, 'quoting': [], 'conn_strings': [], 'cert_none': []}
 for p in _all:
     A['files'][p] = _h(p)

@@ -11,10 +11,10 @@ import sys
 
 from upyhub.errors import UsageError
 
-# Run on the board: the whole filesystem with [SHA-256, size] of each file (folders end in /), free space, and what the
-# secrets file holds as key names plus the device key's SHA-256 (the key itself stays there).
-SNAPSHOT = r"""
-import os, json, hashlib, binascii
+# Board-side helpers, shared with the audit: _h(path) is a file's SHA-256 in hex; _walk(folder, out) appends every
+# path below the folder to out, folders ending in /.
+WALK = r"""
+import os, hashlib, binascii
 def _h(p):
     d = hashlib.sha256()
     with open(p, 'rb') as f:
@@ -28,12 +28,21 @@ def _walk(p, out):
     for e in os.ilistdir(p):
         q = p + e[0] if p.endswith('/') else p + '/' + e[0]
         if e[1] == 0x4000:
-            out[q + '/'] = ''
+            out.append(q + '/')
             _walk(q, out)
         else:
-            out[q] = [_h(q), os.stat(q)[6]]
+            out.append(q)
+"""
+
+# Run on the board: the whole filesystem with [SHA-256, size] of each file (folders end in /), free space, and what the
+# secrets file holds as key names plus the device key's SHA-256 (the key itself stays there).
+SNAPSHOT = WALK + r"""
+import json
+_all = []
+_walk('/', _all)
 _files = {}
-_walk('/', _files)
+for _p in _all:
+    _files[_p] = '' if _p.endswith('/') else [_h(_p), os.stat(_p)[6]]
 _snap = {'files': _files}
 try:
     _s = os.statvfs('/')
