@@ -25,6 +25,13 @@ def register(sub):
         v.set_defaults(func=func)
         return v
 
+    def group(name, help_):
+        """`upyhub hub NAME ACTION`: a sub-command that takes an action of its own."""
+        g = hs.add_parser(name, help=help_, description=help_)
+        actions = g.add_subparsers(dest=name + "_verb", metavar="ACTION", parser_class=type(p))
+        actions.required = True
+        return actions
+
     v = verb("init", cmd_init, "create the hub's CA and server certificate (and the registry)")
     v.add_argument("--hostname", default=None, help="hub hostname (default localhub.azure-devices.net)")
     v.add_argument("--force", action="store_true", help="replace existing CA and server keys")
@@ -42,9 +49,7 @@ def register(sub):
                    help="serve the pending CA's certificate from now on (a running hub switches at the next "
                         "connection); without a pending CA, create one and activate it")
 
-    dev = hs.add_parser("device", help="the identity registry", description="the identity registry")
-    ds = dev.add_subparsers(dest="device_verb", metavar="ACTION", parser_class=type(p))
-    ds.required = True
+    ds = group("device", "the identity registry")
     v = verb("add", cmd_device_add, "add a device", ds)
     v.add_argument("device_id")
     v.add_argument("--auth", choices=("sas", "selfSigned", "certificateAuthority"), default="sas")
@@ -68,9 +73,7 @@ def register(sub):
     v.add_argument("device_id")
     v.add_argument("--key", choices=("primary", "secondary"), default="primary")
 
-    pol = hs.add_parser("policy", help="shared access policies", description="shared access policies")
-    ps = pol.add_subparsers(dest="policy_verb", metavar="ACTION", parser_class=type(p))
-    ps.required = True
+    ps = group("policy", "shared access policies")
     verb("list", cmd_policy_list, "list policies and their permissions", ps)
     v = verb("show", cmd_policy_show, "show a policy (keys only when asked)", ps)
     v.add_argument("name")
@@ -90,18 +93,14 @@ def register(sub):
         v.add_argument("--https-port", type=int, help="API port (default: the running hub of --data)")
         v.add_argument("--ca", help="CA certificate to verify the hub (default: the CA in --data)")
 
-    c2d = hs.add_parser("c2d", help="cloud-to-device messages", description="cloud-to-device messages")
-    cs = c2d.add_subparsers(dest="c2d_verb", metavar="ACTION", parser_class=type(p))
-    cs.required = True
+    cs = group("c2d", "cloud-to-device messages")
     v = verb("send", cmd_c2d_send, "send a C2D message (held while the device is offline)", cs)
     v.add_argument("device_id")
     v.add_argument("body")
     v.add_argument("--prop", action="append", default=[], metavar="K=V", help="application property (repeatable)")
     service_args(v)
 
-    m = hs.add_parser("method", help="direct methods", description="direct methods")
-    ms = m.add_subparsers(dest="method_verb", metavar="ACTION", parser_class=type(p))
-    ms.required = True
+    ms = group("method", "direct methods")
     v = verb("invoke", cmd_method_invoke, "invoke a direct method and print the device's answer", ms)
     v.add_argument("device_id")
     v.add_argument("name")
@@ -109,9 +108,7 @@ def register(sub):
     v.add_argument("--timeout", type=int, default=30, help="seconds to wait for the answer (1..300)")
     service_args(v)
 
-    t = hs.add_parser("twin", help="device twins", description="device twins")
-    ts = t.add_subparsers(dest="twin_verb", metavar="ACTION", parser_class=type(p))
-    ts.required = True
+    ts = group("twin", "device twins")
     v = verb("show", cmd_twin_show, "print a device twin", ts)
     v.add_argument("device_id")
     service_args(v)
