@@ -4,6 +4,7 @@ One hub for the module; `victim` is the legitimate dev1, connected throughout. A
 still be connected and still receive a cloud-to-device message.
 """
 import base64
+import contextlib
 import os
 import time
 
@@ -141,66 +142,57 @@ def connected_other(mhub, keys):
     return d
 
 
+@contextlib.contextmanager
+def attacker(mhub, keys, victim):
+    """A connected "other" for the block, closed after it; then the real device must be undisturbed."""
+    d = connected_other(mhub, keys)
+    try:
+        yield d
+    finally:
+        d.close()
+    still_fine(mhub, victim)
+
+
 @pytest.mark.parametrize("topic", ["devices/dev1/messages/events/", "devices/other/messages/devicebound/x",
                                    "$iothub/twin/PATCH/properties/desired/?$rid=1", "$iothub/something",
                                    "random/topic"])
 def test_forbidden_publish_closes(mhub, keys, victim, topic):
-    d = connected_other(mhub, keys)
-    try:
+    with attacker(mhub, keys, victim) as d:
         before = len(mhub.service.telemetry(device="dev1"))
         info = d.publish(topic, b"spoof", qos=1)
         d.wait_disconnected()
         assert not info.is_published()  # no PUBACK for a refused publish
         assert len(mhub.service.telemetry(device="dev1")) == before
-    finally:
-        d.close()
-    still_fine(mhub, victim)
 
 
 def test_qos2_publish_closes(mhub, keys, victim):
-    d = connected_other(mhub, keys)
-    try:
+    with attacker(mhub, keys, victim) as d:
         d.publish("devices/other/messages/events/", b"x", qos=2)
         d.wait_disconnected()
-    finally:
-        d.close()
-    still_fine(mhub, victim)
 
 
 def test_message_over_256kb_closes(mhub, keys, victim):
-    d = connected_other(mhub, keys)
-    try:
+    with attacker(mhub, keys, victim) as d:
         d.publish("devices/other/messages/events/", b"x" * (256 * 1024), qos=1).wait_for_publish(30)  # the limit
         assert d.connected
         d.publish("devices/other/messages/events/", b"x" * (256 * 1024 + 1), qos=1)
         d.wait_disconnected()
-    finally:
-        d.close()
-    still_fine(mhub, victim)
 
 
 @pytest.mark.parametrize("flt", ["devices/dev1/messages/devicebound/#", "#", "$iothub/#", "devices/+/messages/#"])
 def test_forbidden_subscribe_closes(mhub, keys, victim, flt):
-    d = connected_other(mhub, keys)
-    try:
+    with attacker(mhub, keys, victim) as d:
         d.client.subscribe(flt, 1)
         d.wait_disconnected()
-    finally:
-        d.close()
-    still_fine(mhub, victim)
 
 
 def test_at_most_five_subscriptions(mhub, keys, victim):
-    d = connected_other(mhub, keys)
-    try:
+    with attacker(mhub, keys, victim) as d:
         for i in range(5):
             d.subscribe("$iothub/methods/POST/m%d" % i)
         assert d.connected
         d.client.subscribe("$iothub/methods/POST/m5", 1)
         d.wait_disconnected()
-    finally:
-        d.close()
-    still_fine(mhub, victim)
 
 
 def test_second_connection_drops_the_first(mhub, keys, victim):
