@@ -19,6 +19,26 @@ def new_key():
     return base64.b64encode(os.urandom(32)).decode()
 
 
+def provision(hub, flash, device_id, **settings):
+    """Register device_id on the local hub and write a flash folder that connects to it; returns its key."""
+    key = hub.add_device(device_id)
+    sim.write_flash(flash, hostname=hub.hostname, device_id=device_id, device_key=key, ca_pem=hub.ca_pem,
+                    port=hub.mqtt_port, gateway=hub.host, **settings)
+    return key
+
+
+def wait_until(fn, timeout=90, what="condition"):
+    """fn()'s first true value, polled until the (generous) deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.2)
+
+
 class Device:
     """A running simulated board; its log lines are collected as they come."""
 

@@ -2,32 +2,13 @@
 through the hub's service API: telemetry with properties, C2D, twin get/reported/desired,
 direct methods, and the whole session under a 64K heap."""
 import json
-import time
 
 import pytest
 
-from upyhub import sim
+from fwtools import provision, wait_until
 
 
 pytestmark = pytest.mark.slow
-
-
-def provision(hub, flash, device_id, **settings):  # noqa: F811
-    key = hub.add_device(device_id)
-    sim.write_flash(flash, hostname=hub.hostname, device_id=device_id, device_key=key, ca_pem=hub.ca_pem,
-                    port=hub.mqtt_port, gateway=hub.host, **settings)
-    return key
-
-
-def wait_until(fn, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.2)
 
 
 def telemetry(hub, device_id):  # noqa: F811

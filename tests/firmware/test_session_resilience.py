@@ -3,36 +3,17 @@ with jittered exponential backoff after the hub goes away, Wi-Fi loss, and a ref
 is reported once and retried slowly. Intervals are read from the device's own log lines."""
 import json
 import re
-import time
 
 import pytest
 
-from upyhub import sim
+from fwtools import provision, wait_until
 
 
 pytestmark = pytest.mark.slow
 
 
-def provision(hub, flash, device_id, **settings):  # noqa: F811
-    key = hub.add_device(device_id)
-    sim.write_flash(flash, hostname=hub.hostname, device_id=device_id, device_key=key, ca_pem=hub.ca_pem,
-                    port=hub.mqtt_port, gateway=hub.host, **settings)
-    return key
-
-
 def seqs_at_hub(hub, device_id):  # noqa: F811
     return sorted(json.loads(m["body"])["seq"] for m in hub.service.telemetry(device_id))
-
-
-def wait_until(fn, timeout=90, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.25)
 
 
 def queued(dev):
