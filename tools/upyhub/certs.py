@@ -131,21 +131,6 @@ def azure_bundle():
     return b"".join(out)
 
 
-def write_atomic(path, data):
-    """Temp file, flush, fsync, rename: the output is whole or absent."""
-    p = pathlib.Path(path)
-    if p.is_dir():
-        raise UsageError("output is a directory: %s" % path)
-    if not p.parent.is_dir():
-        raise UsageError("output folder does not exist: %s" % p.parent)
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-
-
 def certs_dir(flash):
     """The flash folder's certificate store (config.json's certs_dir, default "certs")."""
     flash = pathlib.Path(flash)

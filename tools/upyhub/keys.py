@@ -5,10 +5,9 @@ The keys go to a file only (mode 0600, written whole or not at all), never to th
 """
 import csv
 import io
-import os
 import pathlib
 
-from upyhub import sas
+from upyhub import files, sas
 from upyhub.errors import UsageError
 
 
@@ -32,19 +31,11 @@ def write_keys(path, rows, force=False):
     p = pathlib.Path(path)
     if p.exists() and not force:
         raise UsageError("%s exists (use --force to replace it)" % path)
-    if not p.parent.is_dir():
-        raise UsageError("output folder does not exist: %s" % p.parent)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["registration_id", "device_key"])
     w.writerows(rows)
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    files.write_atomic(p, buf.getvalue().encode(), private=True)
 
 
 def read_ids(path):

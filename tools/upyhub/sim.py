@@ -13,7 +13,7 @@ import os
 import pathlib
 import subprocess
 
-from upyhub import certs, paths
+from upyhub import certs, files, paths
 from upyhub.errors import UsageError
 
 MPY = paths.BUILD / "mpy"
@@ -31,11 +31,10 @@ def write_flash(flash, *, hostname, device_id, ca_pem, port, device_key=None, ga
     if x509:
         cfg["x509"] = x509
     cfg.update(settings)
-    certs.write_atomic(flash / "config.json", json.dumps(cfg, indent=1).encode())
+    files.write_atomic(flash / "config.json", json.dumps(cfg, indent=1).encode())
     if device_key is not None:
         secrets = flash / "secrets.json"
-        certs.write_atomic(secrets, json.dumps({"device_key": device_key}).encode())
-        os.chmod(secrets, 0o600)
+        files.write_atomic(secrets, json.dumps({"device_key": device_key}).encode(), private=True)
     certs.install_local(flash, ca_pem if isinstance(ca_pem, bytes) else ca_pem.encode())
     return cfg
 

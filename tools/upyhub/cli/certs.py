@@ -1,7 +1,7 @@
 """upyhub certs: inspect root bundles, write the default Azure bundle, stage roots on a board's flash folder."""
 import json
 
-from upyhub import certs
+from upyhub import certs, files
 
 
 def register(sub):
@@ -63,7 +63,7 @@ def run_inspect(args):
 
 def run_bundle(args):
     data = certs.azure_bundle()
-    certs.write_atomic(args.out, data)
+    files.write_atomic(args.out, data)
     print("wrote %s: %s" % (args.out, ", ".join(name for name, _ in certs.AZURE_ROOTS)))
 
 

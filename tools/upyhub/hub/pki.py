@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import ipaddress
 import json
-import os
 import pathlib
 
 from cryptography import x509
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from upyhub.errors import UsageError
+from upyhub.files import write_atomic
 
 DEFAULT_HOSTNAME = "localhub.azure-devices.net"
 CA_DAYS = 3650
@@ -38,21 +38,6 @@ def _key():
 def _key_pem(key):
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-
-
-def _write_private(path, data):
-    """Write a private key readable by the owner only, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _write(path, data):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _name(cn):
@@ -164,7 +149,7 @@ class PKI:
         return json.loads(self.state_path.read_text())
 
     def _save(self, state):
-        _write(self.state_path, json.dumps(state, indent=1).encode())
+        write_atomic(self.state_path, json.dumps(state, indent=1).encode())
 
     @property
     def hostname(self):
@@ -205,10 +190,10 @@ class PKI:
     def _new_generation(self, gen, hostname):
         ca, ca_key = make_ca("upyhub local hub root CA %d" % gen)
         leaf, leaf_key = issue(ca, ca_key, hostname, server_names=(hostname, "localhost", "127.0.0.1"))
-        _write_private(self.dir / ("ca-%d.key" % gen), _key_pem(ca_key))
-        _write(self.dir / ("ca-%d.pem" % gen), cert_pem(ca))
-        _write_private(self.dir / ("server-%d.key" % gen), _key_pem(leaf_key))
-        _write(self.dir / ("server-%d.pem" % gen), cert_pem(leaf) + cert_pem(ca))
+        write_atomic(self.dir / ("ca-%d.key" % gen), _key_pem(ca_key), private=True)
+        write_atomic(self.dir / ("ca-%d.pem" % gen), cert_pem(ca))
+        write_atomic(self.dir / ("server-%d.key" % gen), _key_pem(leaf_key), private=True)
+        write_atomic(self.dir / ("server-%d.pem" % gen), cert_pem(leaf) + cert_pem(ca))
 
     def rotate(self):
         """Create the next CA generation and its server certificate, without activating it."""
@@ -248,7 +233,7 @@ class PKI:
     def add_trust(self, name, pem):
         """Trust a client certificate or device CA at the TLS layer (the registry still decides who is who)."""
         self.trust_dir.mkdir(parents=True, exist_ok=True)
-        _write(self.trust_dir / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".pem"), pem)
+        write_atomic(self.trust_dir / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".pem"), pem)
 
     def trust_pems(self):
         return [p.read_bytes() for p in sorted(self.trust_dir.glob("*.pem"))]
@@ -258,6 +243,6 @@ class PKI:
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         crt, kp = out / (name + ".crt"), out / (name + ".key")
-        _write_private(kp, _key_pem(key))
-        _write(crt, cert_pem(cert))
+        write_atomic(kp, _key_pem(key), private=True)
+        write_atomic(crt, cert_pem(cert))
         return crt, kp
