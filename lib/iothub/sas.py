@@ -3,27 +3,12 @@
 # quote() is the Azure SDKs' urllib.parse.quote(s, safe=""): only A-Z a-z 0-9 _ . - ~ stay.
 from iothub import clock
 from iothub.crypto import hmac_sha256, b64decode, b64encode
+from iothub.quote import quote
 
 MAX_ID = 128
 # Device ids: ASCII letters, digits and these (IoT Hub's documented set).
 _ID_EXTRA = "-.+%_#*?!(),:=@$'"
-_HEX = b"0123456789ABCDEF"
 _MAX_SE = 0xFFFFFFFF
-
-
-def quote(s):
-    if isinstance(s, str):
-        s = s.encode()
-    out = bytearray()
-    for c in s:
-        # unreserved: A-Z a-z 0-9 _ . - ~
-        if 97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57 or c in (95, 46, 45, 126):
-            out.append(c)
-        else:
-            out.append(37)
-            out.append(_HEX[c >> 4])
-            out.append(_HEX[c & 15])
-    return out.decode()
 
 
 def _alnum(ch):

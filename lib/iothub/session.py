@@ -21,7 +21,7 @@ import json
 import time
 import select
 
-from iothub import clock, sas, topics, transport
+from iothub import clock, topics, transport
 from iothub.backoff import Backoff
 
 _REFUSED = {1: "protocol version", 2: "client id rejected", 3: "server unavailable",
@@ -133,7 +133,13 @@ class Session:
         # Returns (token, expiry) or raises ValueError for an unset clock. Never logged.
         t = clock.require_set()
         exp = t + self.cfg.get("token_ttl", 3600)
-        return sas.device_token(self.hostname, self.device_id, self._key, expiry=exp), exp
+        from iothub import sas
+
+        try:
+            return sas.device_token(self.hostname, self.device_id, self._key, expiry=exp), exp
+        finally:  # needed once an hour: its ~4 KB of code are off the heap for the TLS handshake
+            sas = None
+            transport._unload("sas", "crypto")
 
     def _connect(self):
         from umqtt.simple import MQTTException

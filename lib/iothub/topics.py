@@ -1,5 +1,5 @@
 # IoT Hub MQTT topics: what to publish to and what arrived. Pure string work, no I/O.
-from iothub.sas import quote
+from iothub.quote import quote
 
 API_VERSION = "2021-04-12"
 
