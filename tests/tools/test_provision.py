@@ -121,7 +121,7 @@ def test_interrupted_rotation_is_finished_by_a_rerun(prov, hub, sim_board):
     assert prov.run(sim_board.port, "dev1", "--no-reset").returncode == 0
     old = board_key(sim_board.flash)
     # As if a rotation stopped after the hub took the new key as secondary and the board got it.
-    new = provision.new_key()
+    new = sas.new_key()
     hub.service.put_device("dev1", primary_key=old, secondary_key=new, etag="*")
     secrets = sim_board.flash / "secrets.json"
     secrets.write_text(json.dumps({"device_key": new}, sort_keys=True))

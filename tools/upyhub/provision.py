@@ -21,7 +21,6 @@ the connection string are refused in every file written.
 import base64
 import hashlib
 import json
-import os
 import pathlib
 import socket
 import ssl
@@ -57,10 +56,6 @@ def _sha(data):
 
 def _key_sha(key):
     return _sha(key.encode())
-
-
-def new_key():
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def device_tree(board):
@@ -208,19 +203,19 @@ def provision(opts, say=print):
     finish_rotation = None  # (primary, secondary) to set once the board has proven its key
     hub_step = None  # (primary, secondary) to set before the board gets lib/ (the key is on it by then)
     if opts.rotate:
-        key = derived if derived and derived not in (primary, secondary) else new_key()
+        key = derived if derived and derived not in (primary, secondary) else sas.new_key()
         if doc is None:
-            hub_step = (key, new_key())
+            hub_step = (key, sas.new_key())
         else:
             # Old and new both work until the board has proven the new one.
             old = primary if board_key_sha == (primary and _key_sha(primary)) else secondary
             hub_step = (old or primary, key)
-            finish_rotation = (key, new_key())
+            finish_rotation = (key, sas.new_key())
         summary["hub"] = "rotated"
     elif board_key_sha and doc is not None and board_key_sha in (_key_sha(primary or ""), _key_sha(secondary or "")):
         key = None  # the board's key is one the hub accepts: keep it
         if board_key_sha != _key_sha(primary or ""):
-            finish_rotation = (secondary, new_key())  # an interrupted rotation: finish it
+            finish_rotation = (secondary, sas.new_key())  # an interrupted rotation: finish it
             summary["hub"] = "rotation finished"
     elif doc is not None:
         if derived and derived in (primary, secondary):
@@ -230,11 +225,11 @@ def provision(opts, say=print):
                              "board); use --rotate-key to give it a new key, or another device id" % opts.device_id)
     elif board_key_sha:
         key = _read_board_key(board)  # written by an interrupted run: register it now
-        hub_step = (key, new_key())
+        hub_step = (key, sas.new_key())
         summary["hub"] = "created"
     else:
-        key = derived or new_key()
-        hub_step = (key, new_key())
+        key = derived or sas.new_key()
+        hub_step = (key, sas.new_key())
         summary["hub"] = "created"
     if key is not None and key in forbidden:
         raise UsageError("refused: the device key would be the policy or group key")

@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 import time
 import urllib.parse
@@ -35,6 +36,11 @@ def decode_key(key_b64, what="key"):
     if not 16 <= len(key) <= 64:
         raise UsageError("%s must decode to 16..64 bytes (IoT Hub's rule), not %d" % (what, len(key)))
     return key
+
+
+def new_key():
+    """A fresh 32-byte symmetric key, base64 (what IoT Hub generates for devices and policies)."""
+    return base64.b64encode(os.urandom(32)).decode()
 
 
 def check_device_id(device_id):

@@ -93,13 +93,9 @@ class ServiceClient:
             raise ServiceError(resp.status, msg)
         return doc
 
-    @staticmethod
-    def _q(device_id):
-        return urllib.parse.quote(device_id, safe="")
-
     # registry
     def get_device(self, device_id):
-        return self.request("GET", "/devices/" + self._q(device_id))
+        return self.request("GET", "/devices/" + sas.quote(device_id))
 
     def list_devices(self):
         return self.request("GET", "/devices")
@@ -111,22 +107,22 @@ class ServiceClient:
                                   "symmetricKey": {"primaryKey": primary_key, "secondaryKey": secondary_key},
                                   "x509Thumbprint": {"primaryThumbprint": primary_thumbprint,
                                                      "secondaryThumbprint": secondary_thumbprint}}}
-        return self.request("PUT", "/devices/" + self._q(device_id), doc, {"If-Match": etag} if etag else None)
+        return self.request("PUT", "/devices/" + sas.quote(device_id), doc, {"If-Match": etag} if etag else None)
 
     def delete_device(self, device_id, etag=None):
-        return self.request("DELETE", "/devices/" + self._q(device_id), headers={"If-Match": etag or "*"})
+        return self.request("DELETE", "/devices/" + sas.quote(device_id), headers={"If-Match": etag or "*"})
 
     # twins
     def get_twin(self, device_id):
-        return self.request("GET", "/twins/" + self._q(device_id))
+        return self.request("GET", "/twins/" + sas.quote(device_id))
 
     def update_twin(self, device_id, desired, etag=None):
-        return self.request("PATCH", "/twins/" + self._q(device_id), {"properties": {"desired": desired}},
+        return self.request("PATCH", "/twins/" + sas.quote(device_id), {"properties": {"desired": desired}},
                             {"If-Match": etag} if etag else None)
 
     # direct methods, C2D, telemetry
     def invoke_method(self, device_id, name, payload=None, timeout=30):
-        doc = self.request("POST", "/twins/%s/methods" % self._q(device_id),
+        doc = self.request("POST", "/twins/%s/methods" % sas.quote(device_id),
                            {"methodName": name, "payload": payload, "responseTimeoutInSeconds": timeout},
                            timeout=timeout + 30)
         return doc["status"], doc["payload"]
@@ -134,7 +130,7 @@ class ServiceClient:
     def send_c2d(self, device_id, body, properties=None):
         if isinstance(body, bytes):
             body = body.decode()
-        return self.request("POST", "/devices/%s/messages/devicebound" % self._q(device_id),
+        return self.request("POST", "/devices/%s/messages/devicebound" % sas.quote(device_id),
                             {"body": body, "properties": properties or {}})
 
     def telemetry(self, device=None, since=None, wait=0):

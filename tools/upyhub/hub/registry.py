@@ -6,7 +6,6 @@ runs takes effect at the device's next CONNECT. Every method validates its input
 """
 import base64
 import json
-import os
 import pathlib
 import re
 import sqlite3
@@ -45,10 +44,6 @@ CREATE TABLE IF NOT EXISTS c2d (seq INTEGER PRIMARY KEY AUTOINCREMENT, device TE
 CREATE TABLE IF NOT EXISTS telemetry (seq INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL,
   body BLOB NOT NULL, properties TEXT NOT NULL, enqueued REAL NOT NULL);
 """
-
-
-def new_key():
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def etag(version):
@@ -94,7 +89,7 @@ class Registry:
         with self.tx():
             for name, rights in DEFAULT_POLICIES.items():
                 self.db.execute("INSERT OR IGNORE INTO policies VALUES (?,?,?,?)",
-                                (name, ",".join(rights), new_key(), new_key()))
+                                (name, ",".join(rights), sas.new_key(), sas.new_key()))
 
     def close(self):
         self.db.close()
@@ -143,8 +138,8 @@ class Registry:
         """Create or update (with if_match "*" or the current etag) a device; returns the row."""
         sas.check_device_id(device_id)
         if auth == "sas":
-            primary_key = primary_key or new_key()
-            secondary_key = secondary_key or new_key()
+            primary_key = primary_key or sas.new_key()
+            secondary_key = secondary_key or sas.new_key()
         else:
             primary_key = secondary_key = None
         if auth != "selfSigned":
@@ -183,7 +178,7 @@ class Registry:
         keys = {"primary": row["primary_key"], "secondary": row["secondary_key"]}
         if which not in keys:
             raise UsageError("key must be primary or secondary")
-        keys[which] = new_key()
+        keys[which] = sas.new_key()
         return self.put_device(device_id, auth="sas", status=row["status"], primary_key=keys["primary"],
                                secondary_key=keys["secondary"], if_match="*")
 
