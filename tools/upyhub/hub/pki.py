@@ -27,10 +27,6 @@ CA_DAYS = 3650
 LEAF_DAYS = 825
 
 
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
 def _key():
     return ec.generate_private_key(ec.SECP256R1())
 
@@ -45,16 +41,21 @@ def _name(cn):
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_ca(cn):
-    key = _key()
-    now = _now()
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (x509.CertificateBuilder()
-            .subject_name(_name(cn)).issuer_name(_name(cn))
+def _builder(cn, issuer, key, days):
+    """A certificate for `cn` and key: issuer, fresh serial, valid from an hour ago (clock skew) for `days`."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder()
+            .subject_name(_name(cn)).issuer_name(issuer)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+            .not_valid_after(now + datetime.timedelta(days=days)))
+
+
+def make_ca(cn):
+    key = _key()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (_builder(cn, _name(cn), key, CA_DAYS)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
@@ -67,13 +68,7 @@ def make_ca(cn):
 def issue(ca_cert, ca_key, cn, *, server_names=(), client=False, days=LEAF_DAYS):
     """A leaf certificate from a CA: a TLS server (SANs) or a TLS client (device, CN = device id)."""
     key = _key()
-    now = _now()
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(cn)).issuer_name(ca_cert.subject)
-               .public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=days))
+    builder = (_builder(cn, ca_cert.subject, key, days)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
                .add_extension(x509.ExtendedKeyUsage(
@@ -92,13 +87,7 @@ def issue(ca_cert, ca_key, cn, *, server_names=(), client=False, days=LEAF_DAYS)
 def self_signed_client(cn, days=LEAF_DAYS):
     """A self-signed device certificate (IoT Hub's `selfSigned` authentication)."""
     key = _key()
-    now = _now()
-    cert = (x509.CertificateBuilder()
-            .subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=days))
+    cert = (_builder(cn, _name(cn), key, days)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(key, hashes.SHA256()))
