@@ -84,3 +84,9 @@ class Device:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -111,8 +111,7 @@ def test_service_verbs_against_a_running_hub(hub):
                         hub.connection_string("registryRead"))
 
     key = json.loads(ok(d, "device", "show", "cli-dev", "--keys"))["authentication"]["symmetricKey"]["primaryKey"]
-    dev = Device(hub, "cli-dev", token(hub, "cli-dev", key))
-    try:
+    with Device(hub, "cli-dev", token(hub, "cli-dev", key)) as dev:
         assert dev.wait_connack() == 0
         dev.subscribe("devices/cli-dev/messages/devicebound/#")
         _, body = dev.wait_message("devices/cli-dev/messages/devicebound/")
@@ -122,5 +121,3 @@ def test_service_verbs_against_a_running_hub(hub):
         lines = ok(d, "monitor", "--from-start", "--count", "1", "--device", "cli-dev").splitlines()
         event = json.loads(lines[0])
         assert event["deviceId"] == "cli-dev" and event["body"] == '{"t": 20}' and event["properties"] == {"unit": "C"}
-    finally:
-        dev.close()

@@ -44,13 +44,10 @@ def still_fine(hub, victim, n=[0]):
 
 
 def refused(hub, client_id, password, username=None, cert=None):
-    dev = Device(hub, client_id, password, username=username, cert=cert)
-    try:
+    with Device(hub, client_id, password, username=username, cert=cert) as dev:
         code = dev.wait_connack()
         dev.wait_disconnected()
         return code
-    finally:
-        dev.close()
 
 
 def test_unknown_device(mhub, victim):
@@ -125,14 +122,11 @@ def test_accepted_token_forms(mhub, keys, victim, variant):
         "policy-device": token(mhub, "other", device_policy, sr=mhub.hostname, policy="device"),
         "policy-device-scoped": token(mhub, "other", device_policy, policy="device"),
     }[variant]
-    d = Device(mhub, "other", pw)
-    try:
+    with Device(mhub, "other", pw) as d:
         assert d.wait_connack() == 0
         d.publish("devices/other/messages/events/v=%s" % variant, b"hi").wait_for_publish(30)
         rows = mhub.service.telemetry(device="other")
         assert any(r["properties"].get("v") == variant for r in rows)
-    finally:
-        d.close()
     still_fine(mhub, victim)
 
 
@@ -220,27 +214,21 @@ def test_refusals_logged_without_secrets(mhub, keys, victim):
 
 
 def test_connection_dropped_when_the_token_expires(mhub, keys, victim):
-    d = Device(mhub, "other", token(mhub, "other", keys["other"], ttl=8))
-    try:
+    with Device(mhub, "other", token(mhub, "other", keys["other"], ttl=8)) as d:
         assert d.wait_connack() == 0
         d.wait_disconnected(timeout=60)
-    finally:
-        d.close()
     assert "SAS token expired" in mhub.log()
     still_fine(mhub, victim)
 
 
 def test_disabling_a_device_drops_its_connection(mhub, victim):
     key = mhub.add_device("soon-off")
-    d = Device(mhub, "soon-off", token(mhub, "soon-off", key))
-    try:
+    with Device(mhub, "soon-off", token(mhub, "soon-off", key)) as d:
         assert d.wait_connack() == 0
         doc = mhub.service.get_device("soon-off")
         mhub.service.put_device("soon-off", status="disabled", primary_key=key,
                                 secondary_key=doc["authentication"]["symmetricKey"]["secondaryKey"],
                                 etag=doc["etag"])
         d.wait_disconnected()
-    finally:
-        d.close()
     assert refused(mhub, "soon-off", token(mhub, "soon-off", key)) == 5
     still_fine(mhub, victim)

@@ -38,15 +38,12 @@ def test_state_survives_restart(hub):
     rows = hub.service.telemetry(device="keeper")
     assert [(r["body"], r["properties"]) for r in rows] == [("before restart", {"k": "v"})]
     # the queued C2D message is delivered when the device comes back (QoS 1), then no longer queued
-    d = Device(hub, "keeper", token(hub, "keeper", key))
-    try:
+    with Device(hub, "keeper", token(hub, "keeper", key)) as d:
         assert d.wait_connack() == 0
         d.subscribe("devices/keeper/messages/devicebound/#")
         topic, body = d.wait_message("devices/keeper/messages/devicebound/")
         assert body == b"queued while offline" and "p=1" in topic
         wait_for(lambda: hub.service.get_device("keeper")["cloudToDeviceMessageCount"] == 0)
-    finally:
-        d.close()
 
 
 def tls_connect(hub, ctx):
@@ -116,25 +113,16 @@ def test_x509_devices(mhub, tmp_path):
     assert cli(mhub, "device", "add", "x-ca", "--auth", "certificateAuthority",
                "--make-cert", str(tmp_path)).returncode == 0
     for dev in ("x-self", "x-ca"):
-        d = Device(mhub, dev, None, cert=(tmp_path / (dev + ".crt"), tmp_path / (dev + ".key")))
-        try:
+        with Device(mhub, dev, None, cert=(tmp_path / (dev + ".crt"), tmp_path / (dev + ".key"))) as d:
             assert d.wait_connack() == 0
             d.publish("devices/%s/messages/events/" % dev, b"x509").wait_for_publish(30)
-        finally:
-            d.close()
     # the wrong certificate for a device, and a certificate for a SAS device: CONNACK 5
     for dev, cert in (("x-self", "x-ca"), ("x-ca", "x-self")):
-        d = Device(mhub, dev, None, cert=(tmp_path / (cert + ".crt"), tmp_path / (cert + ".key")))
-        try:
+        with Device(mhub, dev, None, cert=(tmp_path / (cert + ".crt"), tmp_path / (cert + ".key"))) as d:
             assert d.wait_connack() == 5
-        finally:
-            d.close()
     mhub.add_device("sas-only")
-    d = Device(mhub, "sas-only", None, cert=(tmp_path / "x-ca.crt", tmp_path / "x-ca.key"))
-    try:
+    with Device(mhub, "sas-only", None, cert=(tmp_path / "x-ca.crt", tmp_path / "x-ca.key")) as d:
         assert d.wait_connack() == 5
-    finally:
-        d.close()
 
 
 def test_rotate_ca_on_a_running_hub(hub):
@@ -171,20 +159,14 @@ def test_device_ca_registered_with_ca_trust(mhub, tmp_path):
     assert cli(mhub, "device", "add", "x-ext", "--auth", "certificateAuthority").returncode == 0
     # not yet trusted: refused (at the TLS layer or with CONNACK 5)
     try:
-        d = Device(mhub, "x-ext", None, cert=(crt, keyf))
-        try:
+        with Device(mhub, "x-ext", None, cert=(crt, keyf)) as d:
             assert d.wait_connack() != 0
-        finally:
-            d.close()
     except (ssl.SSLError, ConnectionError):
         pass
     assert cli(mhub, "ca", "--trust", str(crt)).returncode == 2  # a leaf is not a CA
     assert cli(mhub, "ca", "--trust", str(tmp_path / "factory.pem")).returncode == 0
-    d = Device(mhub, "x-ext", None, cert=(crt, keyf))
-    try:
+    with Device(mhub, "x-ext", None, cert=(crt, keyf)) as d:
         assert d.wait_connack() == 0
-    finally:
-        d.close()
 
 
 def mqtt_str(s):

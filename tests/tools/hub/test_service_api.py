@@ -132,8 +132,7 @@ def test_registry_etags_and_keys(mhub):
 
 def test_twin_methods_c2d_telemetry_with_a_device(mhub):
     key = mhub.add_device("busy")
-    d = Device(mhub, "busy", token(mhub, "busy", key))
-    try:
+    with Device(mhub, "busy", token(mhub, "busy", key)) as d:
         assert d.wait_connack() == 0
         d.subscribe("$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#",
                     "devices/busy/messages/devicebound/#")
@@ -182,8 +181,6 @@ def test_twin_methods_c2d_telemetry_with_a_device(mhub):
         assert rows[-1]["properties"] == {"$.ct": "application/json", "level": "high"}
         assert rows[-1]["enqueuedTime"].endswith("Z") and rows[-1]["seq"] > 0
         assert mhub.service.telemetry(device="busy", since=rows[-1]["seq"]) == []
-    finally:
-        d.close()
     # offline device: 404 for a method
     wait_for(lambda: mhub.service.get_device("busy")["connectionState"] == "Disconnected")
     with pytest.raises(ServiceError) as e:
