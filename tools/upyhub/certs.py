@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from upyhub import paths
+from upyhub import files, paths
 from upyhub.errors import UsageError
 
 # What Azure IoT Hub chains to since 2023 (IOTHUB-FACTS.md). Taken from certifi's Mozilla
@@ -38,16 +38,6 @@ def device_modules():
     from iothub import certstore, x509 as dx509
 
     return certstore, dx509
-
-
-def read_file(path, what="certificate file"):
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise UsageError("%s not found: %s" % (what, path))
-    data = p.read_bytes()
-    if not data:
-        raise UsageError("%s is empty: %s" % (what, path))
-    return data
 
 
 def load(data, name="input"):
@@ -102,7 +92,7 @@ def device_verdict(data):
 
 
 def inspect(path):
-    data = read_file(path)
+    data = files.read_file(path)
     certs = load(data, str(path))
     return {
         "file": str(path),

@@ -5,6 +5,20 @@ import pathlib
 from upyhub.errors import UsageError
 
 
+def read_file(path, what="certificate file"):
+    """The bytes of an input file; a missing, unreadable or empty one is a one-line UsageError."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise UsageError("%s not found: %s" % (what, path))
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise UsageError("cannot read %s: %s" % (path, exc.strerror)) from None
+    if not data:
+        raise UsageError("%s is empty: %s" % (what, path))
+    return data
+
+
 def write_atomic(path, data, private=False):
     """Temp file, flush, fsync, rename: the file is whole or absent. private: owner-only (mode 0600), as keys are."""
     p = pathlib.Path(path)

@@ -68,7 +68,7 @@ def run_bundle(args):
 
 
 def run_stage_local(args):
-    data = certs.read_file(args.file)
+    data = files.read_file(args.file)
     if args.active:
         m = certs.install_local(args.flash, data)
         what = "installed as active"
@@ -87,7 +87,7 @@ def run_push(args):
         raise UsageError("--timeout must be 1..300 seconds")
     for d in args.device:
         sas.check_device_id(d)
-    data = certs.read_file(args.file)
+    data = files.read_file(args.file)
     failed = 0
     for device, status, body in certs.push(_service(args), args.device, data, args.timeout):
         body = body if isinstance(body, dict) else {"message": str(body)}
@@ -98,6 +98,6 @@ def run_push(args):
 
 
 def run_stage(args):
-    data = certs.read_file(args.file)
+    data = files.read_file(args.file)
     r = certs.stage_board(args.port, data, args.certs_dir)
     print("staged seq %d on %s (/%s): %s" % (r["seq"], args.port, r["dir"], ", ".join(r["cns"])))

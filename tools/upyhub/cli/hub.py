@@ -5,7 +5,7 @@ import pathlib
 import sys
 import time
 
-from upyhub import sas
+from upyhub import files, sas
 from upyhub.errors import UsageError
 
 DEFAULT_DATA = ".upyhub"
@@ -182,10 +182,7 @@ def cmd_ca(args):
     p = _pki(args)
     if args.trust:
         from upyhub.hub import pki
-        try:
-            pem = pathlib.Path(args.trust).read_bytes()
-        except OSError as e:
-            raise UsageError("cannot read %s: %s" % (args.trust, e.strerror)) from None
+        pem = files.read_file(args.trust, "CA certificate")
         cert = pki.load_cert(pem)
         if not pki.is_ca(cert):
             raise UsageError("%s is not a CA certificate (basicConstraints CA:TRUE)" % args.trust)
@@ -232,10 +229,7 @@ def cmd_device_add(args):
         raise UsageError("keys are for --auth sas")
     if args.auth == "selfSigned":
         if args.cert:
-            try:
-                cert_pem = pathlib.Path(args.cert).read_bytes()
-            except OSError as e:
-                raise UsageError("cannot read %s: %s" % (args.cert, e.strerror)) from None
+            cert_pem = files.read_file(args.cert, "device certificate")
         elif args.make_cert:
             cert, key = pki.self_signed_client(args.device_id)
             crt, _ = p.write_pair(cert, key, args.make_cert, args.device_id)

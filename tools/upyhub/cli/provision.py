@@ -2,7 +2,7 @@
 import os
 import sys
 
-from upyhub import build, certs, provision
+from upyhub import build, files, provision
 from upyhub.errors import UsageError
 
 
@@ -45,7 +45,7 @@ def _options(args):
         pw = os.environ["UPYHUB_WIFI_PASSWORD"]
     group = provision.read_secret_file(args.group_key_file, "group key") if args.group_key_file else None
     roots_file = args.roots or args.hub_ca
-    roots = certs.read_file(roots_file, "root certificate file") if roots_file else None
+    roots = files.read_file(roots_file, "root certificate file") if roots_file else None
     if args.hub_ca and not os.path.isfile(args.hub_ca):
         raise UsageError("hub CA file not found: %s" % args.hub_ca)
     return provision.Options(args.port, args.device_id, cs, board=args.board, hub_ca=args.hub_ca,
