@@ -2,6 +2,7 @@
 import json
 
 from upyhub import certs, files
+from upyhub.cli.hub import _service, add_service_args  # the hub verbs' way to find the hub's service API
 
 
 def register(sub):
@@ -22,10 +23,7 @@ def register(sub):
     q.add_argument("--device", action="append", required=True, metavar="ID", help="device id (repeatable)")
     q.add_argument("--timeout", type=int, default=30, help="seconds to wait for each device (1..300)")
     q.add_argument("--data", default=".upyhub", metavar="DIR", help="local hub state folder (default .upyhub)")
-    q.add_argument("--connection-string", metavar="CS", help="service policy connection string (default: the hub in --data)")
-    q.add_argument("--host", help="address of the hub's API (default: the running hub of --data)")
-    q.add_argument("--https-port", type=int, help="API port (default: the running hub of --data)")
-    q.add_argument("--ca", help="CA certificate to verify the hub (default: the CA in --data)")
+    add_service_args(q)
     q.add_argument("file")
     q.set_defaults(func=run_push)
 
@@ -80,7 +78,6 @@ def run_stage_local(args):
 
 def run_push(args):
     from upyhub import sas
-    from upyhub.cli.hub import _service  # the hub verbs' way to find the hub's service API
     from upyhub.errors import UsageError
 
     if not 1 <= args.timeout <= 300:

@@ -11,6 +11,15 @@ from upyhub.errors import UsageError
 DEFAULT_DATA = ".upyhub"
 
 
+def add_service_args(v):
+    """How a verb finds the hub's service API (read by _service); --data comes with the verb."""
+    v.add_argument("--connection-string", metavar="CS",
+                   help="policy connection string (default: the hub in --data, policy 'service')")
+    v.add_argument("--host", help="address of the hub's API (default: the running hub of --data)")
+    v.add_argument("--https-port", type=int, help="API port (default: the running hub of --data)")
+    v.add_argument("--ca", help="CA certificate to verify the hub (default: the CA in --data)")
+
+
 def register(sub):
     p = sub.add_parser("hub", help="the local Azure IoT Hub stand-in",
                        description="A local IoT Hub: registry, policies, MQTT/TLS device endpoint, HTTPS service API.")
@@ -86,19 +95,12 @@ def register(sub):
     v.add_argument("--bind", default="0.0.0.0", help="address to listen on (default all; 127.0.0.1 for local)")
     v.add_argument("--verbose", action="store_true")
 
-    def service_args(v):
-        v.add_argument("--connection-string", metavar="CS",
-                       help="policy connection string (default: the hub in --data, policy 'service')")
-        v.add_argument("--host", help="address of the hub's API (default: the running hub of --data)")
-        v.add_argument("--https-port", type=int, help="API port (default: the running hub of --data)")
-        v.add_argument("--ca", help="CA certificate to verify the hub (default: the CA in --data)")
-
     cs = group("c2d", "cloud-to-device messages")
     v = verb("send", cmd_c2d_send, "send a C2D message (held while the device is offline)", cs)
     v.add_argument("device_id")
     v.add_argument("body")
     v.add_argument("--prop", action="append", default=[], metavar="K=V", help="application property (repeatable)")
-    service_args(v)
+    add_service_args(v)
 
     ms = group("method", "direct methods")
     v = verb("invoke", cmd_method_invoke, "invoke a direct method and print the device's answer", ms)
@@ -106,22 +108,22 @@ def register(sub):
     v.add_argument("name")
     v.add_argument("--payload", default="null", help="JSON payload (default null)")
     v.add_argument("--timeout", type=int, default=30, help="seconds to wait for the answer (1..300)")
-    service_args(v)
+    add_service_args(v)
 
     ts = group("twin", "device twins")
     v = verb("show", cmd_twin_show, "print a device twin", ts)
     v.add_argument("device_id")
-    service_args(v)
+    add_service_args(v)
     v = verb("update", cmd_twin_update, "patch desired properties", ts)
     v.add_argument("device_id")
     v.add_argument("desired", help='JSON object, e.g. \'{"interval": 30}\' (null deletes a property)')
-    service_args(v)
+    add_service_args(v)
 
     v = verb("monitor", cmd_monitor, "follow telemetry live (like az iot hub monitor-events)")
     v.add_argument("--device", help="only this device")
     v.add_argument("--from-start", action="store_true", help="print stored telemetry first")
     v.add_argument("--count", type=int, help="stop after this many messages")
-    service_args(v)
+    add_service_args(v)
 
 
 # --- helpers ---
