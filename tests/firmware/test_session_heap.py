@@ -7,12 +7,14 @@ the TLS context (Debian's mbed TLS 2.28 puts 38 KB there), no PEM parser (so the
 DER, as a Pico W needs it). Nothing is added to the budget. Two memory models:
 
 - esp32: mbed TLS allocates outside MicroPython's heap (ESP-IDF's mbed TLS does): 64 KB, the
-  issue's budget. The session uses ~43 KB of it once connected.
+  issue's budget. The session uses ~39 KB of it once connected (it passes at 60 KB, not at 56 KB).
 - rp2: every mbed TLS allocation (16 KB record buffer, 4 KB out buffer, CA, handshake) comes from
   the Python heap, as MicroPython's bare-metal config does on RP2040. 64 KB is NOT met there: the
-  session holds ~46 KB of Python objects and code before the handshake, which needs ~29 KB more
-  (a 16.7 KB block of it contiguous); it passes at 84 KB. This case holds it to RP2_HEAP to catch
-  growth."""
+  session holds ~42 KB of Python objects and code (loaded from .mpy, so in RAM; frozen into
+  firmware they would be in flash) before the handshake, which needs ~29 KB more, 16.7 KB of it in
+  one block; connected it uses ~63 KB. It passes at 84 KB, not at 82 KB; RP2_HEAP holds it there
+  with a little room, to catch growth.
+"""
 import json
 import ssl
 import subprocess
