@@ -32,12 +32,7 @@ AZURE_ROOTS = (
 
 def device_modules():
     """(certstore, x509) of the device package in lib/, imported under CPython."""
-    lib = str(paths.LIB)
-    if lib not in sys.path:
-        sys.path.insert(0, lib)
-    from iothub import certstore, x509 as dx509
-
-    return certstore, dx509
+    return paths.device_module("certstore"), paths.device_module("x509")
 
 
 def load(data, name="input"):

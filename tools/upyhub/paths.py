@@ -1,6 +1,8 @@
 """Where things are in a checkout (the host tools run from the repo's .venv)."""
+import importlib
 import pathlib
 import shutil
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LIB = ROOT / "lib"
@@ -8,6 +10,14 @@ FIRMWARE = ROOT / "firmware"
 BOARDS = ROOT / "boards"
 BUILD = ROOT / "build"
 UMQTT = BUILD / "umqtt"
+
+
+def device_module(name):
+    """lib/iothub/<name>.py imported under CPython, so the host checks with the device's own code."""
+    lib = str(LIB)
+    if lib not in sys.path:
+        sys.path.insert(0, lib)
+    return importlib.import_module("iothub." + name)
 
 
 def micropython():

@@ -25,7 +25,6 @@ import pathlib
 import socket
 import ssl
 import struct
-import sys
 import tempfile
 import time
 
@@ -77,15 +76,6 @@ def fresh_cert_store(roots, certs_dir="certs"):
                 for p in sorted(base.rglob("*")) if p.is_file()}
 
 
-def _device_config():
-    lib = str(paths.LIB)
-    if lib not in sys.path:
-        sys.path.insert(0, lib)
-    from iothub import config
-
-    return config
-
-
 def make_config(opts, hostname):
     cfg = {"hostname": hostname, "device_id": opts.device_id, "port": opts.mqtt_port, "auth": "sas",
            "certs_dir": "certs", "ntp": opts.ntp, "telemetry_interval": opts.telemetry_interval}
@@ -98,7 +88,7 @@ def make_config(opts, hostname):
 
 def _checked(cfg, secrets):
     """The device's own config checker, run here: a board never gets a config it would refuse."""
-    config = _device_config()
+    config = paths.device_module("config")
     try:
         config.check(dict(cfg), dict(secrets))
     except config.ConfigError as exc:
