@@ -53,16 +53,6 @@ def _pump(proc, who):
         say(who, line.rstrip())
 
 
-def stop(proc):
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def boot_device():
     dev = sim.start(DEMO / "flash", start_new_session=True)
     threading.Thread(target=_pump, args=(dev, "device"), daemon=True).start()
@@ -124,8 +114,8 @@ def main(argv=None):
         say("demo", "stopping: %s" % e)
         return 1
     finally:
-        stop(dev)
-        stop(hub)
+        sim.stop(dev, 30)
+        sim.stop(hub, 30)
         time.sleep(0.2)  # let the pumps print the last lines
         with _out:
             print("demo: stopped (device and hub)", flush=True)

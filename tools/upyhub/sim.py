@@ -131,7 +131,8 @@ def run(flash, *, heapsize=None, source=False, tree=None, restarts=True, out=Non
 
 
 def stop(proc, timeout=10):
-    if proc.poll() is None:
+    """SIGTERM, then SIGKILL after `timeout` s; None or an ended process is fine."""
+    if proc is not None and proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout)

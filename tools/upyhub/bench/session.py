@@ -11,7 +11,6 @@ The SDK connects to port 8883 only, so the hub listens there (127.0.0.1).
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -160,12 +159,7 @@ def run():
         got = {d: len(service.telemetry(d)) for d in ("bench-fw", "bench-sdk")}
         heap = smallest_heap(flash)
     finally:
-        if hub is not None:
-            hub.send_signal(signal.SIGTERM)
-            try:
-                hub.wait(30)
-            except subprocess.TimeoutExpired:
-                hub.kill()
+        sim.stop(hub, 30)
         shutil.rmtree(tmp, ignore_errors=True)
     fw_rate, sdk_rate = n / (fw_ms / 1000.0), n / (sdk_ms / 1000.0)
     print("IoT Hub session over TLS against the local hub (one run, same hub, QoS 1, one message in flight)")
