@@ -1,13 +1,9 @@
 """Token minting: the device library on the unix port vs CPython's hmac, same token, same run."""
-import base64
-import hashlib
-import hmac
 import os
 import subprocess
 import time
-import urllib.parse
 
-from upyhub import paths
+from upyhub import paths, sas
 
 URI = "myhub.azure-devices.net/devices/sensor-0042"
 N = 2000
@@ -30,13 +26,6 @@ print(dt / n, per_token)
 """
 
 
-def cpython_token(uri, key_b64, expiry):
-    sr = urllib.parse.quote(uri, safe="")
-    sig = base64.b64encode(hmac.new(base64.b64decode(key_b64), ("%s\n%d" % (sr, expiry)).encode(),
-                                    hashlib.sha256).digest()).decode()
-    return "SharedAccessSignature sr=%s&sig=%s&se=%d" % (sr, urllib.parse.quote(sig, safe=""), expiry)
-
-
 def _device(code, mpy_lib, heapsize=None):
     cmd = [paths.micropython()] + (["-X", "heapsize=%d" % heapsize] if heapsize else []) + ["-c", code]
     return subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, MICROPYPATH=str(mpy_lib)))
@@ -56,7 +45,7 @@ def smallest_heap(key, mpy_lib):
 
 
 def run():
-    key = base64.b64encode(os.urandom(32)).decode()
+    key = sas.new_key()
     mpy_lib = paths.BUILD / "mpy" / "lib"
     out = _device(DEVICE_LOOP % (key, URI, N), mpy_lib)
     if out.returncode != 0:
@@ -64,8 +53,8 @@ def run():
     dev_us, per_token = out.stdout.split()
     dev_us = float(dev_us)
     t0 = time.perf_counter()
-    for i in range(N):
-        cpython_token(URI, key, 1800000000 + i)
+    for i in range(N):  # the host's own minting (upyhub.sas: CPython hmac + urllib.parse.quote)
+        sas.mint(URI, key, 1800000000 + i)
     cpy_us = (time.perf_counter() - t0) / N * 1e6
     heap = smallest_heap(key, mpy_lib)
     print("SAS token minting (%d tokens, one run, .mpy on the unix port)" % N)
