@@ -57,15 +57,36 @@ def context(cadata, cert=None, key=None):
     if ctx is None:
         gc.collect()
         ctx = _new()
-    if _POSITIONAL:
-        ctx.load_verify_locations(cadata)
-    else:
-        ctx.load_verify_locations(cadata=cadata)
+    for der in _ders(cadata):  # each call adds one root to the context
+        if _POSITIONAL:
+            ctx.load_verify_locations(der)
+        else:
+            ctx.load_verify_locations(cadata=der)
     if cert:
         ctx.load_cert_chain(cert, key)
     _cache[0] = k
     _cache[1] = ctx
     return ctx
+
+
+def _ders(cadata):
+    # The roots as DER, one certificate at a time. Boards' bare-metal mbedtls (rp2) has no PEM
+    # parser, and a DER buffer holds one certificate: so a PEM bundle is split and decoded here.
+    if cadata[:1] == b"0":  # already DER (a SEQUENCE)
+        yield cadata
+        return
+    import binascii
+
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    i = cadata.find(begin)
+    if i < 0:
+        raise ValueError("no certificate in the roots (neither DER nor PEM)")
+    while i >= 0:
+        j = cadata.find(end, i)
+        if j < 0:
+            raise ValueError("truncated PEM certificate in the roots")
+        yield binascii.a2b_base64(bytes(b for b in cadata[i + len(begin):j] if b > 32))
+        i = cadata.find(begin, j)
 
 
 def wrap_socket(sock, server_side=False, key=None, cert=None, cert_reqs=None, cadata=None,
