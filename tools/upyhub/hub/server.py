@@ -10,6 +10,7 @@ import sys
 from aiohttp import web
 
 from upyhub.errors import UsageError
+from upyhub.files import write_atomic
 from upyhub.hub import broker, engine, pki as pki_mod, registry as reg, service, tls
 
 log = logging.getLogger("upyhub.hub")
@@ -79,7 +80,8 @@ async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None):
     site = web.SockSite(runner, https_sock, ssl_context=ctx.https_listener)
     await site.start()
     ports = {"mqtt_port": mqtt.port(), "https_port": https_sock.getsockname()[1]}
-    (registry.data_dir / "serve.json").write_text(json.dumps(dict(ports, hostname=hostname, host=bind)))
+    # whole or absent: tools poll for this file and read it as soon as it exists
+    write_atomic(registry.data_dir / "serve.json", json.dumps(dict(ports, hostname=hostname, host=bind)).encode())
 
     sweeper = asyncio.ensure_future(hub.sweep())
     stop = asyncio.Event()
