@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from polling import wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
@@ -77,13 +78,7 @@ class SimBoardProcess:
 
 
 def wait_for(cond, timeout=60, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met within %ss" % timeout)
+    return wait_until(cond, timeout, interval=interval)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 
+from polling import wait_until  # noqa: F401  (the firmware tests import it from here)
 from upyhub import sim
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -27,16 +28,6 @@ def provision(hub, flash, device_id, **settings):
     return key
 
 
-def wait_until(fn, timeout=90, what="condition"):
-    """fn()'s first true value, polled until the (generous) deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.2)
 
 
 class Device:

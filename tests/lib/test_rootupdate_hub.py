@@ -12,12 +12,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+import polling
 from certhelpers import ROOT, make_cert, sha
 from upyhub import sim
 
@@ -55,17 +55,7 @@ def fingerprint(pem):
 
 
 def wait_until(fn, timeout=90, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            v = fn()
-        except Exception:  # the hub may be restarting
-            v = None
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.2)
+    return polling.wait_until(fn, timeout, what, ignore=Exception)  # the hub may be restarting
 
 
 class Board:

@@ -5,19 +5,14 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from polling import wait_until
 from upyhub import sas
 
 WAIT = 30  # seconds: generous deadline for conditions on a loaded machine
 
 
 def wait_for(cond, timeout=WAIT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
+    return wait_until(cond, timeout, what, interval=0.02)
 
 
 def token(hub, device_id, key, ttl=600, sr=None, policy=None, expiry=None):
