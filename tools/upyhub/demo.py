@@ -3,7 +3,7 @@
 Starts the local hub (build/demo/hub), registers a device, writes its flash folder
 (build/demo/flash), runs boot.py + main.py from build/mpy on the unix port, and prints what the
 device logs and what reaches the hub. After a few readings it changes the desired
-`telemetryInterval` and calls the `ping` direct method, through the hub's service API.
+`telemetry_interval` and calls the `ping` direct method, through the hub's service API.
 Ctrl-C stops the device and the hub. `--messages N` stops by itself after N readings.
 """
 import argparse
@@ -99,8 +99,8 @@ def main(argv=None):
                 say("hub", "telemetry from %s: %s  properties %s" % (m["deviceId"], m["body"],
                                                                         json.dumps(m["properties"])))
                 if seen == 3:
-                    say("demo", "service: set desired telemetryInterval = %g s" % (args.interval * 2))
-                    service.update_twin(DEVICE, {"telemetryInterval": args.interval * 2})
+                    say("demo", "service: set desired telemetry_interval = %g s" % (args.interval * 2))
+                    service.update_twin(DEVICE, {"telemetry_interval": args.interval * 2})
                     status, payload = service.invoke_method(DEVICE, "ping", {"from": "demo"}, timeout=30)
                     say("demo", "service: direct method ping -> %d %s" % (status, json.dumps(payload)))
             if args.messages and seen >= args.messages:
