@@ -64,7 +64,7 @@ def register(sub):
     v.add_argument("--auth", choices=("sas", "selfSigned", "certificateAuthority"), default="sas")
     v.add_argument("--primary-key", help="base64 key (default: 32 random bytes)")
     v.add_argument("--secondary-key", help="base64 key (default: 32 random bytes)")
-    v.add_argument("--cert", metavar="PEM", help="selfSigned: the device certificate (thumbprint and TLS trust)")
+    v.add_argument("--cert", metavar="PEM", help="selfSigned: the device certificate (its SHA-256 thumbprint is registered)")
     v.add_argument("--primary-thumbprint")
     v.add_argument("--secondary-thumbprint")
     v.add_argument("--make-cert", metavar="DIR",
@@ -188,7 +188,7 @@ def cmd_ca(args):
         cert = pki.load_cert(pem)
         if not pki.is_ca(cert):
             raise UsageError("%s is not a CA certificate (basicConstraints CA:TRUE)" % args.trust)
-        p.add_trust("ca:" + pki.thumbprints(pki.der(cert))[1], pem)
+        p.register_ca(cert)
         print("devices issued by %s may now connect as certificateAuthority devices" % cert.subject.rfc4514_string())
         return
     if args.all:
@@ -244,8 +244,6 @@ def cmd_device_add(args):
     row = reg.put_device(args.device_id, auth=args.auth, status="disabled" if args.disabled else "enabled",
                          primary_key=args.primary_key, secondary_key=args.secondary_key,
                          primary_thumb=ptp, secondary_thumb=stp, create_only=True)
-    if cert_pem is not None:
-        p.add_trust("device:" + args.device_id, cert_pem)
     if args.auth == "certificateAuthority" and args.make_cert:
         crt, _ = p.issue_device_cert(args.device_id, args.make_cert)
         print("certificate and key written: %s (+ .key)" % crt)

@@ -11,6 +11,7 @@ import logging
 import time
 import urllib.parse
 
+from upyhub.hub import logs
 from upyhub.sas import quote
 
 log = logging.getLogger("upyhub.hub")
@@ -70,6 +71,7 @@ class Hub:
         self._methods = {}  # (device id, rid) -> (future, handler it was sent to)
         self._c2d_locks = {}
         self.telemetry_event = asyncio.Event()  # set on each stored message (monitor long-poll)
+        self.stopping = asyncio.Event()  # set when the hub stops: long-polls answer at once
 
     # --- connections ---
     def connected(self, handler):
@@ -88,6 +90,7 @@ class Hub:
         """Drop connections whose token expired, or whose device was disabled or removed (e.g. by the CLI)."""
         while True:
             await asyncio.sleep(period)
+            logs.flush()
             now = time.time()
             for dev, handler in list(self.connections.items()):
                 row = self.registry.get_device(dev)
