@@ -35,6 +35,21 @@ def _scope_ok(sr, hostname, device_id=None):
     return sr in allowed
 
 
+def parse_token(text):
+    """A SAS token from a client; UsageError (its reason never echoes the token) when malformed.
+
+    On top of sas.parse: `se` must be ASCII digits of sane length (str.isdigit() also takes other scripts'
+    digits, which int() may refuse), so no client-chosen value reaches arithmetic as anything odd.
+    """
+    try:
+        tok = sas.parse(text)
+    except ValueError:
+        raise UsageError("malformed SharedAccessSignature token") from None
+    if not isinstance(tok.se, int) or tok.se >= 10 ** 12:
+        raise UsageError("SharedAccessSignature token has an out-of-range se")
+    return tok
+
+
 def _signed_by(token, *keys_b64):
     for k in keys_b64:
         if k and token.valid_signature(sas.decode_key(k)):
@@ -63,7 +78,7 @@ def device(registry, hostname, client_id, username, password, peer_der, now=None
         raise Refused(NOT_AUTHORIZED, "device is disabled")
     if password:
         try:
-            tok = sas.parse(password.decode() if isinstance(password, bytes) else password)
+            tok = parse_token(password.decode() if isinstance(password, bytes) else password)
         except (UsageError, UnicodeDecodeError):
             raise Refused(BAD_CREDENTIALS, "password is not a SAS token") from None
         if not _scope_ok(tok.sr, hostname, client_id):
@@ -124,19 +139,24 @@ def _ca_chain(registry, device_id, der, chain):
 
 # --- service side ---
 class Denied(Exception):
-    def __init__(self, reason):
+    """A service request refused: malformed (a SharedAccessSignature that does not parse: HTTP 400) or not
+    authorized (HTTP 401)."""
+
+    def __init__(self, reason, malformed=False):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.malformed = reason, malformed
 
 
 def service(registry, hostname, header, need, now=None):
     """Check an Authorization header against the policies; `need` is a set of permissions (any one suffices)."""
     if not header:
         raise Denied("no Authorization header")
+    if not header.startswith(sas.PREFIX):
+        raise Denied("Authorization is not a SAS token")
     try:
-        tok = sas.parse(header)
-    except UsageError:
-        raise Denied("Authorization is not a SAS token") from None
+        tok = parse_token(header)
+    except UsageError as e:
+        raise Denied(str(e), malformed=True) from None
     if not tok.skn:
         raise Denied("token has no skn (a service call needs a shared access policy)")
     policy = registry.get_policy(tok.skn)
