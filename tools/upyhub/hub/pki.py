@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from upyhub.errors import UsageError
+from upyhub.hub import HubError
 from upyhub.files import write_atomic
 
 DEFAULT_HOSTNAME = "localhub.azure-devices.net"
@@ -137,7 +138,7 @@ class PKI:
 
     def state(self):
         if not self.exists():
-            raise UsageError("no hub PKI in %s: run `upyhub hub init` first" % self.dir.parent)
+            raise HubError("no hub PKI in %s: run `upyhub hub init` first" % self.dir.parent)
         return json.loads(self.state_path.read_text())
 
     def _save(self, state):
@@ -169,7 +170,7 @@ class PKI:
     def init(self, hostname=DEFAULT_HOSTNAME, force=False):
         """Create CA 1 and its server certificate; never overwrites keys without force."""
         if self.exists() and not force:
-            raise UsageError("the hub PKI already exists in %s (use --force to replace it)" % self.dir)
+            raise HubError("the hub PKI already exists in %s (use --force to replace it)" % self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         if force:
             for p in self.dir.glob("*-*.*"):
@@ -190,7 +191,7 @@ class PKI:
         """Create the next CA generation and its server certificate, without activating it."""
         st = self.state()
         if self.pending():
-            raise UsageError("CA %d is already waiting: activate it with `upyhub hub rotate-ca --activate`"
+            raise HubError("CA %d is already waiting: activate it with `upyhub hub rotate-ca --activate`"
                              % self.pending())
         gen = self.generations()[-1] + 1
         self._new_generation(gen, st["hostname"])
@@ -201,7 +202,7 @@ class PKI:
         st = self.state()
         gen = self.pending()
         if gen is None:
-            raise UsageError("no new CA to activate: run `upyhub hub rotate-ca` first")
+            raise HubError("no new CA to activate: run `upyhub hub rotate-ca` first")
         st["active"] = gen
         self._save(st)
         return gen

@@ -15,6 +15,7 @@ import uuid
 
 from upyhub import sas
 from upyhub.errors import UsageError
+from upyhub.hub import HubError
 
 PERMISSIONS = ("RegistryRead", "RegistryReadWrite", "ServiceConnect", "DeviceConnect")
 DEFAULT_POLICIES = {
@@ -174,7 +175,7 @@ class Registry:
     def require_device(self, device_id):
         row = self.get_device(device_id)
         if row is None:
-            raise UsageError("no device %r in the registry" % device_id)
+            raise HubError("no device %r in the registry" % device_id)
         return row
 
     def list_devices(self, top=None):
@@ -311,7 +312,7 @@ class Registry:
     def connection_string(self, hostname, policy):
         p = self.get_policy(policy)
         if p is None:
-            raise UsageError("no shared access policy %r (see `upyhub hub policy list`)" % policy)
+            raise HubError("no shared access policy %r (see `upyhub hub policy list`)" % policy)
         return "HostName=%s;SharedAccessKeyName=%s;SharedAccessKey=%s" % (hostname, p["name"], p["primary_key"])
 
     # --- twins ---
