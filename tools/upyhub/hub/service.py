@@ -198,7 +198,8 @@ def make_app(hub):
         tags = doc.get("tags")
         desired = props.get("desired")
         if replace:  # PUT: the twin's tags and desired properties become the body's (absent: empty)
-            tags, desired = tags or {}, desired or {}
+            tags = {} if tags is None else tags
+            desired = {} if desired is None else desired
         elif tags is None and desired is None:
             raise bad("a twin patch needs tags or properties.desired")
         try:
