@@ -82,7 +82,7 @@ def test_thumbprint_only_devices_connect(mhub, tmp_path, which):
     assert connack(mhub, device, files) == 0
     impostor, impostor_key = cert(device)  # same CN, another key: another thumbprint
     assert connack(mhub, device, write(tmp_path, "impostor", impostor, impostor_key)) == 5
-    assert "thumbprint matches neither registered thumbprint" in mhub.log()
+    assert "thumbprint does not match (neither primary nor secondary)" in mhub.log()
 
 
 def test_service_sdk_shape_thumbprint_device(mhub, tmp_path):
