@@ -126,3 +126,41 @@ def test_service_verbs_against_a_running_hub(hub):
         lines = ok(d, "monitor", "--from-start", "--count", "1", "--device", "cli-dev").splitlines()
         event = json.loads(lines[0])
         assert event["deviceId"] == "cli-dev" and event["body"] == '{"t": 20}' and event["properties"] == {"unit": "C"}
+
+
+def test_output_formats_and_run_time_failures(tmp_path):
+    d = tmp_path / "hub"
+    ok(d, "init")
+    ok(d, "device", "add", "fmt1")
+    ok(d, "device", "add", "fmt2", "--auth", "selfSigned", "--primary-thumbprint", "AB" * 20)
+    listed = json.loads(ok(d, "device", "list", "-o", "json"))
+    assert [x["deviceId"] for x in listed] == ["fmt1", "fmt2"]
+    assert all("symmetricKey" not in x["authentication"] for x in listed)
+    table = ok(d, "device", "list").splitlines()
+    assert table[0].split()[:3] == ["deviceId", "status", "authenticationType"] and len(table) == 4
+    assert json.loads(ok(d, "device", "show", "fmt1", "-o", "json"))["deviceId"] == "fmt1"
+    assert ok(d, "device", "show", "fmt2", "-o", "table").splitlines()[2].split()[:3] == \
+        ["fmt2", "enabled", "selfSigned"]
+    policies = json.loads(ok(d, "policy", "list", "-o", "json"))
+    assert {"keyName": "registryRead", "rights": ["RegistryRead"]} in policies
+    assert ok(d, "policy", "show", "service", "-o", "table").splitlines()[2].split() == ["service", "ServiceConnect"]
+    bad(d, "device", "list", "-o", "yaml")
+    # the network, one line each, exit 1
+    assert "connection refused" in fails(d, "twin", "show", "fmt1", "--host", "127.0.0.1", "--https-port", "9")
+    assert "cannot resolve" in fails(d, "twin", "show", "fmt1", "--host", "no.such.host.invalid",
+                                     "--https-port", "9")
+    assert "no local hub is running" in fails(d, "c2d", "send", "fmt1", "x")
+    (tmp_path / "a-file").write_text("")
+    assert "Not a directory" in fails(tmp_path / "a-file" / "hub", "init")
+    # every option of every hub verb says what it does
+    from upyhub.cli import build_parser
+    parser = build_parser()
+    hub = parser._subparsers._group_actions[0].choices["hub"]
+    stack = [hub]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if action.choices and isinstance(action.choices, dict):
+                stack.extend(action.choices.values())
+            elif action.dest != "help":
+                assert action.help, (p.prog, action.dest)

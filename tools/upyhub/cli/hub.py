@@ -50,6 +50,10 @@ def _runtime(func):
         except (HubError, _Failure) as e:
             print("upyhub: error: %s" % e, file=sys.stderr)
             return 1
+        except OSError as e:  # the data folder or a file in it cannot be made or read
+            where = " (%s)" % e.filename if e.filename else ""
+            print("upyhub: error: %s%s" % (e.strerror or type(e).__name__, where), file=sys.stderr)
+            return 1
     return run
 
 
