@@ -1,7 +1,7 @@
 """What IoT Hub does with device traffic: telemetry, twins, direct methods, cloud-to-device messages.
 
 The MQTT layer (broker.py) calls on_publish/on_subscribed; the service API (service.py) calls
-invoke_method/update_desired/send_c2d. Device-bound messages go only to topics the device subscribed,
+invoke_method/update_twin/send_c2d. Device-bound messages go only to topics the device subscribed,
 as on Azure.
 """
 import asyncio
