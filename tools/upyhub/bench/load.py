@@ -47,7 +47,8 @@ def _start_hub(data):
     while not (data / "serve.json").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise SystemExit("bench load: the local hub did not start:\n%s" % (data.parent / "hub.out").read_text()[-800:])
+            raise SystemExit("bench load: the local hub did not start:\n%s"
+                             % (data.parent / "hub.out").read_text()[-800:])
         time.sleep(0.1)
     return proc, json.loads((data / "serve.json").read_text())
 

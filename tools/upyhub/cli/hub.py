@@ -104,8 +104,10 @@ def register(sub):
                    help="authentication type (default sas)")
     v.add_argument("--primary-key", help="sas: base64 key (default: 32 random bytes)")
     v.add_argument("--secondary-key", help="sas: base64 key (default: 32 random bytes)")
-    v.add_argument("--cert", metavar="PEM", help="selfSigned: the device certificate (its SHA-256 thumbprint is registered)")
-    v.add_argument("--primary-thumbprint", metavar="HEX", help="selfSigned: SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint")
+    v.add_argument("--cert", metavar="PEM",
+                   help="selfSigned: the device certificate (its SHA-256 thumbprint is registered)")
+    v.add_argument("--primary-thumbprint", metavar="HEX",
+                   help="selfSigned: SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint")
     v.add_argument("--secondary-thumbprint", metavar="HEX", help="selfSigned: a second accepted thumbprint")
     v.add_argument("--make-cert", metavar="DIR",
                    help="x509: also create the device certificate and key in DIR (self-signed, or from the hub CA)")

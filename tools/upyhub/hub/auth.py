@@ -106,7 +106,8 @@ def device(registry, hostname, client_id, username, password, peer_der, now=None
     if dev["auth"] == "selfSigned":
         thumbs = {t.upper() for t in (dev["primary_thumb"], dev["secondary_thumb"]) if t}
         if not thumbs & set(pki.thumbprints(peer_der)):
-            raise Refused(NOT_AUTHORIZED, "client certificate thumbprint does not match (neither primary nor secondary)")
+            raise Refused(NOT_AUTHORIZED,
+                          "client certificate thumbprint does not match (neither primary nor secondary)")
         return "X.509 thumbprint", None
     if dev["auth"] == "certificateAuthority":
         return _ca_chain(registry, client_id, peer_der, chain), None
