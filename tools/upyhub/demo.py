@@ -7,6 +7,7 @@ device logs and what reaches the hub. After a few readings it changes the desire
 Ctrl-C stops the device and the hub. `--messages N` stops by itself after N readings.
 """
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -30,13 +31,26 @@ def say(who, text):
         print("%-6s| %s" % (who, text), flush=True)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child between fork and exec only calls it
+_DEMO_PID = os.getpid()
+
+
+def _die_with_parent():
+    """preexec_fn: the child gets SIGTERM when the demo dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
+    if _libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        os._exit(70)
+    if os.getppid() != _DEMO_PID:  # the demo died before the line above: do not run at all
+        os._exit(71)
+
+
 def start_hub(data):
     subprocess.run([sys.executable, "-m", "upyhub", "hub", "init", "--data", str(data)], check=True,
                    capture_output=True, timeout=120)
     proc = subprocess.Popen([sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(data), "--bind",
                              "127.0.0.1", "--port", "0", "--https-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            start_new_session=True, preexec_fn=_die_with_parent,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
     for line in proc.stdout:
         if line.startswith("mqtt_port="):
             break
@@ -54,7 +68,7 @@ def _pump(proc, who):
 
 
 def boot_device():
-    dev = sim.start(DEMO / "flash", start_new_session=True)
+    dev = sim.start(DEMO / "flash", start_new_session=True, preexec_fn=_die_with_parent)
     threading.Thread(target=_pump, args=(dev, "device"), daemon=True).start()
     return dev
 
