@@ -42,7 +42,12 @@ def run(s, board, cfg):
         return 404, {"error": "no method " + name}
 
     def on_c2d(body, props):
-        print("app: c2d %s %s" % (bytes(body).decode() if body else "", json.dumps(props)))
+        head = bytes(body[:80])  # a 64 KB body is not printed whole
+        try:
+            text = head.decode()
+        except UnicodeError:
+            text = repr(head)
+        print("app: c2d %s%s %s" % (text, "... (%d bytes)" % len(body) if len(body) > 80 else "", json.dumps(props)))
 
     s.on_desired = on_desired
     s.on_method = on_method

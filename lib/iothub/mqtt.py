@@ -83,7 +83,10 @@ def connect(client_id, address, port, user, password, keepalive, tls_params):
         raise Failed("the server closed the connection or sent no CONNACK", w.ok)
     except OSError as e:
         _close(c.sock)
-        raise Failed(transport.why(e), w.ok, bool(e.args) and e.args[0] == 12)
+        code = e.args[0] if e.args else None
+        if w.ok and code in (11, 110, 116):  # EAGAIN (unix), ETIMEDOUT (lwIP, newlib)
+            raise Failed("no CONNACK within %s s" % tls_params["timeout"], True)
+        raise Failed(transport.why(e), w.ok, code == 12)
     finally:
         sys.modules.pop("ussl", None)
     if w.raw is None:  # a umqtt that did its own TLS: never accept an unverified session

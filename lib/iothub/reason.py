@@ -1,10 +1,10 @@
 # Why something failed, in words a log reader knows: errno names instead of numbers (ports'
 # errno.errorcode tables are partial), mbed TLS codes by name, never an empty message.
 _NAMES = {1: "EPERM", 2: "ENOENT", 5: "EIO", 9: "EBADF", 11: "EAGAIN", 12: "ENOMEM", 13: "EACCES",
-          17: "EEXIST", 19: "ENODEV", 21: "EISDIR", 22: "EINVAL", 27: "EFBIG", 28: "ENOSPC", 30: "EROFS",
+          17: "EEXIST", 19: "ENODEV", 21: "EISDIR", 22: "EINVAL", 27: "EFBIG", 28: "ENOSPC", 30: "EROFS", 36: "ENAMETOOLONG",
           32: "EPIPE", 103: "ECONNABORTED", 104: "ECONNRESET", 107: "ENOTCONN", 110: "ETIMEDOUT",
           111: "ECONNREFUSED", 113: "EHOSTUNREACH", 115: "EINPROGRESS", 116: "ETIMEDOUT", 118: "EHOSTUNREACH"}
-_MEANING = {"ENOSPC": "flash full", "EROFS": "flash read-only", "ENOMEM": "out of memory",
+_MEANING = {"ENOSPC": "flash full", "EROFS": "flash read-only", "ENAMETOOLONG": "littlefs: no room for the entry", "ENOMEM": "out of memory",
             "ECONNRESET": "connection reset", "ECONNREFUSED": "connection refused", "ETIMEDOUT": "timed out",
             "EHOSTUNREACH": "host unreachable", "ECONNABORTED": "connection aborted", "EIO": "I/O error",
             "EPIPE": "connection closed", "ENOTCONN": "not connected"}
@@ -30,7 +30,7 @@ def errno_name(n):
 def of(e):
     # One line: "ENOSPC (flash full)", "ValueError: ...", never just a number or nothing.
     if isinstance(e, OSError) and e.args and isinstance(e.args[0], str):
-        return e.args[0]  # our own: already words
+        return _line(e.args[0])  # our own: already words
     if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
         n = e.args[0]
         extra = (": " + str(e.args[1])) if len(e.args) > 1 else ""
@@ -41,5 +41,10 @@ def of(e):
             m = _MEANING.get(name)
             return (name + " (" + m + ")" if m else name) + extra
         return "OSError %d" % n + extra
-    text = str(e)
+    text = _line(str(e))
     return type(e).__name__ + (": " + text if text else "")
+
+
+def _line(text):
+    # One line (mbed TLS' verify reports come with newlines).
+    return " ".join(text.split())

@@ -107,7 +107,7 @@ class Session:
         self._desired_version = -1
         self._twin_rid = None
         self._roots_due = None
-        self._health = [0, 0]  # [inbound_dropped last reported, when]
+        self._health = [0, time.ticks_add(time.ticks_ms(), -_HEALTH_EVERY_MS)]  # [inbound_dropped reported, when]
         try:
             roots.report()  # described now, while no TLS session holds the heap (kept as text)
         except MemoryError:

@@ -24,8 +24,9 @@ def device(fw_tree):
     executable: another MicroPython unix port to run instead of build/micropython."""
     started = []
 
-    def start(flash, heapsize=None, source=False, path_extra=(), executable=None):
-        d = Device(flash, fw_tree, heapsize=heapsize, source=source, path_extra=path_extra, executable=executable)
+    def start(flash, heapsize=None, source=False, path_extra=(), executable=None, preload=()):
+        d = Device(flash, fw_tree, heapsize=heapsize, source=source, path_extra=path_extra, executable=executable,
+                   preload=preload)
         started.append(d)
         return d
 

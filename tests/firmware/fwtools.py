@@ -13,6 +13,7 @@ from polling import wait_until  # noqa: F401  (the firmware tests import it from
 from upyhub import sim
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+STANDINS = pathlib.Path(__file__).resolve().parent / "standins"
 HUBNAME = "localhub.azure-devices.net"
 
 
@@ -33,11 +34,20 @@ def provision(hub, flash, device_id, **settings):
 class Device:
     """A running simulated board; its log lines are collected as they come."""
 
-    def __init__(self, flash, tree, heapsize=None, source=False, path_extra=(), executable=None):
+    def __init__(self, flash, tree, heapsize=None, source=False, path_extra=(), executable=None, preload=()):
         self.flash = pathlib.Path(flash)
         self.lines = []
         kw = {"executable": str(executable)} if executable else {}  # another unix port build (micropython-32)
-        self.proc = sim.start(flash, tree=tree, heapsize=heapsize, source=source, path_extra=path_extra, **kw)
+        if preload:  # stand-in modules imported before boot.py (e.g. lwipsocket from tests/firmware/standins)
+            argv, env = sim.command(flash, tree=tree, heapsize=heapsize, source=source,
+                                    path_extra=[STANDINS] + list(path_extra))
+            if executable:
+                argv[0] = str(executable)
+            argv[-1] = "".join("import %s\n" % m for m in preload) + argv[-1]
+            self.proc = subprocess.Popen(argv, env=env, cwd=str(self.flash.resolve()), stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True, bufsize=1)
+        else:
+            self.proc = sim.start(flash, tree=tree, heapsize=heapsize, source=source, path_extra=path_extra, **kw)
         self._t = threading.Thread(target=self._pump, daemon=True)
         self._t.start()
 

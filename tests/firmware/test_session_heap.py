@@ -93,3 +93,78 @@ def test_session_on_board_sized_heap(hub, tmp_path, device, mp32, monkeypatch, m
     log = dev.log()
     assert "MemoryError" not in log and "memory allocation failed" not in log and "ENOMEM" not in log, log
     assert "crashed" not in log, log
+
+
+def _connects(dev):
+    return len([x for x in dev.lines if "iothub: connected to" in x])
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_messages_within_azure_limits_never_take_the_device_offline(hub, tmp_path, device, mp32, monkeypatch, model):
+    # A 60 KB C2D message (Azure allows 64 KB) and a 24 KB desired property (32 KB) at the board's heap
+    # budget: handled if they fit, otherwise acknowledged, dropped and counted; either way telemetry goes on
+    # over the same connection, and the hub does not send the C2D message again.
+    heap, env = MODELS[model]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    key = hub.add_device("heap-1")
+    flash = tmp_path / "flash"
+    sim.write_flash(flash, hostname=hub.hostname, device_id="heap-1", device_key=key, ca_pem=hub.ca_pem,
+                    port=hub.mqtt_port, gateway=hub.host, telemetry_interval=1)
+    dev = device(flash, heapsize=heap, executable=mp32)
+    dev.wait_for(r"iothub: connected to %s as heap-1" % hub.hostname)
+    _wait(lambda: len(_seqs(hub)) >= 2, dev)
+    hub.service.send_c2d("heap-1", "c" * 60000, {})
+    dev.wait_for(r"(app: c2d c{80}\.\.\. \(60000 bytes\)|iothub: c2d message of 60\d{3} bytes dropped: not enough free memory)")
+    hub.service.update_twin("heap-1", {"blob": "d" * 24000})
+    seq = max(_seqs(hub))
+    _wait(lambda: max(_seqs(hub)) >= seq + 8, dev)  # eight more readings delivered after both
+    assert _connects(dev) == 1, dev.log()
+    dropped = [x for x in dev.lines if "dropped" in x]
+    if dropped:  # what did not fit is counted on the twin
+        _wait(lambda: hub.service.get_twin("heap-1")["properties"]["reported"].get("inboundDropped") == len(dropped), dev)
+    assert len([x for x in dev.lines if "app: c2d c" in x or "c2d message of" in x]) == 1  # not sent again
+    log = dev.log()
+    assert "crashed" not in log and "connection lost" not in log and "Traceback" not in log, log
+
+
+FRAGMENTING_APP = '''
+import gc
+
+def run(session, board, cfg):
+    # Leave plenty of free heap, none of it in one piece: 512-byte holes between kept blocks.
+    kept, holes = [], []
+    try:
+        while gc.mem_free() > 4096:
+            kept.append(bytearray(480))
+            holes.append(bytearray(480))
+    except MemoryError:
+        pass
+    holes = None
+    gc.collect()
+    print("app: heap fragmented: %d bytes free" % gc.mem_free())
+    while True:
+        session.poll(100)
+'''
+
+
+def test_heap_too_fragmented_to_connect_resets_the_board(hub, tmp_path, device, mp32):
+    # rp2 model: the handshake needs 16.7 KB in one piece. None is left: the session gives up after
+    # memory_resets_after attempts and resets the board (the unix board exits 0 to be booted again).
+    key = hub.add_device("frag-1")
+    flash = tmp_path / "flash"
+    sim.write_flash(flash, hostname=hub.hostname, device_id="frag-1", device_key=key, ca_pem=hub.ca_pem,
+                    port=hub.mqtt_port, gateway=hub.host, memory_resets_after=3, retry_cap=2)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "app.py").write_text(FRAGMENTING_APP)
+    dev = device(flash, heapsize=RP2_HEAP, executable=mp32, path_extra=[app])
+    dev.wait_for(r"app: heap fragmented: \d+ bytes free")
+    # (loading the cert store, umqtt or the handshake: whichever step first wants a block it cannot have)
+    fails = dev.wait_for(r"iothub: not enough memory [^(]+\((\d) in a row; free heap (\d+)\)", count=3)
+    assert [int(m.group(1)) for m in fails] == [1, 2, 3]
+    assert all(int(m.group(2)) > 16 * 1024 for m in fails)  # plenty free in all, but not in one piece
+    dev.wait_for(r"iothub: resetting the board: 3 connection attempts in a row failed for lack of memory")
+    dev.wait_for(r"board: reset")
+    assert dev.proc.wait(30) == 0
+    assert "TLS refused" not in dev.log()  # memory is not held against the root set

@@ -109,3 +109,28 @@ def test_refused_connect_reported_once_retried_slowly(hub, tmp_path, device):  #
     secs = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in (t.split(":") for t in stamps)]
     gaps = [(b - a) % 86400 for a, b in zip(secs, secs[1:])]
     assert len(gaps) >= 2 and min(gaps) >= 3, gaps
+
+
+def test_two_boards_with_one_identity_back_off(hub, tmp_path, device):  # noqa: F811
+    # A cloned flash: each login drops the other board's connection. The backoff must not start over
+    # after each accepted CONNECT (it did: ~38 reconnects a minute each): a connection that ends
+    # within stable_after counts as a failure, and the log says what is going on.
+    import shutil
+
+    provision(hub, tmp_path / "a", "clone-1", telemetry_interval=2, retry_cap=16)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    a = device(tmp_path / "a")
+    a.wait_for(r"iothub: connected ")
+    b = device(tmp_path / "b")
+    window = 45
+    import time
+
+    time.sleep(window)
+    for d in (a, b):
+        connects = len([x for x in d.lines if "iothub: connected " in x])
+        assert connects <= 8, d.log()  # 1, 2, 4, 8, 16 s apart at most: not once a second
+        attempts = [int(m.group(1)) for m in (re.search(r"retry in \d+ ms \(attempt (\d+)\)", x) for x in d.lines) if m]
+        assert attempts and max(attempts) >= 3, d.log()  # the backoff grew
+    told = [x for x in a.lines + b.lines if "s after connecting (when this repeats: another device is using this "
+                                            "identity" in x]
+    assert told, a.log() + b.log()

@@ -479,3 +479,39 @@ print(json.dumps([r, s.problems, s.status()["active"]["certs"][0]["sha256"], cer
     assert r == ["fallback", True]
     assert any("active set is torn or corrupt" in p for p in problems)
     assert active == fp(ca1) and again == []
+
+
+def test_manifest_with_a_right_digest_but_wrong_types_is_invalid_never_a_crash(run_mp, tmp_path, cas):
+    # Someone (or a bug) wrote a manifest that checksums fine but whose entries have the wrong types:
+    # the set is reported as torn or corrupt and not used; status and report never raise.
+    ca1, ca2 = cas
+    base = lay(tmp_path / "base", fallback=pem(ca1), active=pem(ca2))
+    first = json.loads((base / "active" / "manifest").read_text().splitlines()[0])
+    bad = {
+        "cn-int": dict(first, certs=[dict(first["certs"][0], cn=5)]),
+        "sha-short": dict(first, certs=[dict(first["certs"][0], sha256="ab")]),
+        "notafter-str": dict(first, certs=[dict(first["certs"][0], notAfter="2030")]),
+        "certs-ints": dict(first, certs=[1, 2]),
+        "certs-str": dict(first, certs="x"),
+        "source-list": dict(first, source=["ota"]),
+    }
+    dirs = []
+    for name, m in bad.items():
+        d = tmp_path / name
+        shutil.copytree(base, d)
+        line = json.dumps(m).encode()
+        (d / "active" / "manifest").write_bytes(line + b"\n" + sha(line).encode() + b"\n")
+        dirs.append(str(d))
+    code = """
+out = []
+for d in %r:
+    s = certstore.Store(d)
+    slot = s.roots_for_connect()[1]
+    out.append([slot, s.problems, s.status()["active"]["certs"][0]["sha256"], rootupdate.report(s, 30)["warnDays"]])
+print(json.dumps(out))
+""" % dirs
+    out = mp_json(run_mp, code)
+    for name, (slot, problems, active, warn) in zip(bad, out):
+        assert any("active set is torn or corrupt (manifest" in p for p in problems), (name, problems)
+        assert slot == "active" and active == fp(ca1), name  # the fallback was restored as the active set
+        assert warn == 30

@@ -80,3 +80,12 @@ def test_missing_and_broken_files(run_mp, tmp_path):
         "secrets.json: missing (%s/secrets.json), the device key lives there" % tmp_path]
     write(tmp_path, dict(GOOD), "[1, 2]")
     assert run(run_mp, tmp_path)["problems"] == ["secrets.json: must hold a JSON object"]
+
+
+def test_files_too_large_to_read_are_config_lines_not_memory_errors(run_mp, tmp_path):
+    # A 4 MB config.json and a 1 MB key would not fit a board's heap: they are sized before reading.
+    write(tmp_path, '{"hostname": "%s"}' % ("h" * (4 << 20)), json.dumps({"device_key": "A" * (1 << 20)}))
+    problems = run(run_mp, tmp_path, mpy=True)["problems"]
+    sizes = [(tmp_path / n).stat().st_size for n in ("config.json", "secrets.json")]
+    assert problems == ["config.json: %d bytes, more than the 8192 this firmware reads" % sizes[0],
+                        "secrets.json: %d bytes, more than the 2048 this firmware reads" % sizes[1]]

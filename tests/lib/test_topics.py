@@ -54,3 +54,28 @@ def test_topics(run_mp, mpy):
     assert [s[0] for s in out["subs"]] == ["devices/dev-1/messages/devicebound/#", "$iothub/twin/res/#",
                                            "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"]
     assert out["bad_pct"] == "100%zz%4"
+
+
+HOSTILE = r"""
+import json
+from iothub import topics as t
+cases = [b"$iothub/methods/POST/%FF/?$rid=1", b"devices/dev-1/messages/devicebound/\xff\xfe=1",
+         b"devices/dev-1/messages/devicebound/k=%C3%28", b"$iothub/methods/POST/ping/", b"$iothub/methods/POST/ping/?$rid=",
+         b"$iothub/twin/res/200/?$rid=%FF", b"\xc3\x28", b"", bytearray(b"$iothub/twin/PATCH/properties/desired/?$version=%80")]
+out = [t.parse(c, "dev-1") for c in cases]
+lim = [t.limit(x, "dev-1") for x in (b"devices/dev-1/messages/devicebound/a=b", b"devices/dev-2/messages/devicebound/",
+       b"$iothub/methods/POST/x/?$rid=1", b"$iothub/twin/PATCH/properties/desired/?$version=2",
+       b"$iothub/twin/res/200/?$rid=1", b"other", bytearray(b"devices/dev-1/messages/devicebound/"))]
+print(json.dumps([out, lim]))
+"""
+
+
+@pytest.mark.parametrize("mpy", [False, True], ids=["py", "mpy"])
+def test_hostile_topics_never_raise(run_mp, mpy):
+    # %FF, bytes that are not UTF-8, a method request without $rid: ignored (None), never an exception
+    p = run_mp(HOSTILE, mpy=mpy, heapsize="32K")
+    assert p.returncode == 0, p.stderr + p.stdout
+    out, lim = json.loads(p.stdout)
+    assert out == [None] * 9
+    # the largest body accepted per topic: IoT Hub's limits; other devices' and foreign topics get none
+    assert lim == [65536, 0, 131072, 33792, 67584, 0, 65536]

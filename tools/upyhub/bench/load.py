@@ -15,12 +15,12 @@ import pathlib
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
 
 from upyhub import sas
+from upyhub.bench import _hub
 
 DEVICES = 200
 MESSAGES = 10
@@ -34,23 +34,6 @@ PAYLOAD = json.dumps({"temperature": 21.5, "humidity": 40}).encode()
 
 def say(text):
     print("  load: %s" % text, flush=True)
-
-
-def _start_hub(data):
-    subprocess.run([sys.executable, "-m", "upyhub", "hub", "init", "--data", str(data)], check=True,
-                   capture_output=True, timeout=120)
-    log = open(data.parent / "hub.out", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(data), "--bind",
-                             "127.0.0.1", "--port", "0", "--https-port", "0"], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while not (data / "serve.json").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit("bench load: the local hub did not start:\n%s"
-                             % (data.parent / "hub.out").read_text()[-800:])
-        time.sleep(0.1)
-    return proc, json.loads((data / "serve.json").read_text())
 
 
 def _register(data, n):
@@ -167,7 +150,7 @@ def run():
     try:
         data = tmp / "hub"
         say("starting a hub in %s" % data)
-        proc, info = _start_hub(data)
+        proc, info = _hub.start(data, what="bench load")
         hostname, keys = _register(data, DEVICES)
         ca = data / "pki" / "ca-1.pem"
         rows = []

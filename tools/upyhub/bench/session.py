@@ -17,6 +17,7 @@ import tempfile
 import time
 
 from upyhub import paths, sim
+from upyhub.bench import _hub
 
 N = 300
 PORT = 8883
@@ -69,22 +70,6 @@ dt = time.perf_counter() - t0
 print("RATE", n, int(dt * 1000), 0, flush=True)
 c.shutdown()
 """
-
-
-def _start_hub(data):
-    subprocess.run([sys.executable, "-m", "upyhub", "hub", "init", "--data", str(data)], check=True,
-                   capture_output=True, timeout=120)
-    log = open(data / "bench-hub.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(data), "--bind",
-                             "127.0.0.1", "--port", str(PORT), "--https-port", "0"], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while not (data / "serve.json").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("bench session: the local hub did not start on port %d (busy?):\n%s"
-                             % (PORT, (data / "bench-hub.log").read_text()[-1000:]))
-        time.sleep(0.1)
-    return proc
 
 
 def _timed(argv, env=None, cwd=None, timeout=300):
@@ -151,7 +136,7 @@ def run():
     hub = None
     try:
         data = tmp / "hub"
-        hub = _start_hub(data)
+        hub = _hub.start(data, PORT, "bench session")[0]
         hostname, host, port, service, ca = sim.hub_info(data)
         assert isinstance(service, ServiceClient)
         fw_key = service.put_device("bench-fw")["authentication"]["symmetricKey"]["primaryKey"]

@@ -1,0 +1,127 @@
+"""A staged root set that fails its TLS trials on a flash that cannot record them: mounted read-only,
+or full. The session (lib/iothub) runs on the unix port with its certificates on a real littlefs
+image, against the local hub over TLS. The trials are counted in RAM as well, so the bad set is
+given up after 3 attempts and the device connects with its working active set; the flash's
+refusal is logged once, by name."""
+import os
+import subprocess
+
+import pytest
+
+from certhelpers import sha
+from fwtools import ROOT
+
+pytestmark = pytest.mark.slow
+
+MP = str(ROOT / "build" / "micropython")
+
+IMAGE = """
+import os
+class Image:
+    # A block device backed by a host file.
+    def __init__(self, path, bs=512):
+        self.f = open(path, "r+b")
+        self.bs = bs
+        self.n = os.stat(path)[6] // bs
+    def readblocks(self, num, buf, off=0):
+        self.f.seek(num * self.bs + off)
+        self.f.readinto(buf)
+    def writeblocks(self, num, buf, off=None):
+        self.f.seek(num * self.bs + (off or 0))
+        self.f.write(buf)
+        self.f.flush()
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.n
+        if op == 5:
+            return self.bs
+        if op == 6:
+            return 0
+"""
+
+PREPARE = IMAGE + """
+bd = Image(%r)
+os.VfsLfs2.mkfs(bd)
+os.mount(os.VfsLfs2(bd), "/flash")
+from iothub import certstore
+s = certstore.Store("/flash/certs")
+s.install_active(open(%r, "rb").read())
+s.stage(open(%r, "rb").read(), %r)
+if %r:  # fill what is left: data blocks, then the metadata small files would go into
+    n = 0
+    try:
+        with open("/flash/junk", "wb") as f:
+            while True:
+                f.write(bytes(512))
+                n += 1
+    except OSError as e:
+        pass
+    for d in ("/flash", "/flash/certs"):  # littlefs keeps small files inline, in each folder's metadata
+        try:
+            while True:
+                with open("%%s/f%%d" %% (d, n), "wb") as f:
+                    f.write(bytes(64))
+                n += 1
+        except OSError as e:
+            err = e.args[0]
+    print("full", err, n)
+print("ok")
+"""
+
+RUN = IMAGE + """
+bd = Image(%r)
+os.mount(os.VfsLfs2(bd), "/flash", readonly=%r)
+from iothub import config
+cfg, secrets = config.check(%r, %r)
+from iothub.session import Session
+import time
+s = Session(cfg, secrets, root="/flash")
+n, due = 0, time.ticks_ms()
+while True:
+    if time.ticks_diff(time.ticks_ms(), due) >= 0:
+        n += 1
+        s.send({"n": n})
+        due = time.ticks_add(due, 500)
+    s.poll(50)
+"""
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_bad_staged_set_is_given_up_without_flash_writes(hub, tmp_path, pki, fault):
+    key = hub.add_device("ff-1")
+    (tmp_path / "good.pem").write_bytes(hub.ca_pem)
+    bad = pki["other"].cert_pem.bytes()  # a root the hub's certificate does not chain to
+    (tmp_path / "bad.pem").write_bytes(bad)
+    img = tmp_path / "flash.img"
+    img.write_bytes(b"\xff" * 512 * 64)  # 32 KB of littlefs
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(ROOT / "lib"), str(ROOT / "build" / "umqtt")]))
+    p = subprocess.run([MP, "-c", PREPARE % (str(img), str(tmp_path / "good.pem"), str(tmp_path / "bad.pem"), sha(bad),
+                                             fault == "full")], env=env, capture_output=True, text=True, timeout=60)
+    assert p.stdout.splitlines()[-1] == "ok", p.stdout + p.stderr
+    if fault == "full":
+        assert p.stdout.startswith("full "), p.stdout  # nothing more fits
+
+    cfg = {"hostname": hub.hostname, "device_id": "ff-1", "gateway": hub.host, "port": hub.mqtt_port, "retry_cap": 2}
+    proc = subprocess.Popen([MP, "-c", RUN % (str(img), fault == "read-only", cfg, {"device_key": key})], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if "iothub: connected to" in line or len(lines) > 200:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    log = "\n".join(lines)
+    assert "iothub: connected to %s as ff-1" % hub.hostname in log, log
+    refused = [x for x in lines if "TLS refused" in x]
+    assert len(refused) == 3, log  # three trials of the staged set, then the active set
+    # littlefs says ENOSPC when its blocks are gone and ENAMETOOLONG when a folder's metadata is full
+    names = (["EROFS (flash read-only)"] if fault == "read-only" else
+             ["ENOSPC (flash full)", "ENAMETOOLONG (littlefs: no room for the entry)"])
+    recorded = [x for x in lines
+                if any("could not record a staged trial on flash (%s): counted in RAM" % n in x for n in names)]
+    assert len(recorded) == 1, log  # said once, by name
+    assert "staged set seq 2 discarded: it failed 3 TLS attempts" in log
+    assert "Traceback" not in log
