@@ -36,6 +36,7 @@ class Conn:
         self.published = []  # (topic, body) the device sent
         self.client_id = None
         self.silent = False  # True: read everything, answer nothing (a frozen hub)
+        self.filters = 0  # topic filters in the first SUBSCRIBE
         self.closed = threading.Event()
 
     def send(self, data):
@@ -97,6 +98,7 @@ class FakeHub:
             while i < len(body):
                 i += 2 + struct.unpack("!H", body[i:i + 2])[0] + 1
                 nfilters += 1
+            conn.filters = nfilters
             s.sendall(packet(0x90, body[:2] + b"\x01" * nfilters))
             if self.script:
                 threading.Thread(target=self._script, args=(conn,), daemon=True).start()

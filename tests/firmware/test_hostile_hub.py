@@ -37,6 +37,7 @@ def test_oversized_and_unreadable_messages_are_skipped_and_the_connection_stays(
         dev = device(flash_for(tmp_path, pki, hub.port), heapsize="128K")
         dev.wait_for(r"app: c2d hello after \{\"color\": \"red\"\}")
         conn = hub.connections[0]
+        assert conn.filters == 4  # C2D, twin responses, desired, methods: one SUBSCRIBE, one round trip
         wait(lambda: {7, 8, 9} <= set(conn.pubacks), what="PUBACKs for the dropped and the good C2D")
         wait(lambda: any(t == "$iothub/methods/res/413/?$rid=6" for t, _ in conn.published), what="413 answer")
         answer = json.loads(dict(conn.published)["$iothub/methods/res/413/?$rid=6"])

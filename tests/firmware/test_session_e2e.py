@@ -87,3 +87,39 @@ def test_desired_version_order_after_reconnect(hub, tmp_path, device):  # noqa: 
     hub.service.update_twin("e2e-2", {"telemetry_interval": None, "telemetryInterval": 6})
     dev2.wait_for(r"app: telemetry every 6 s")
     dev2.wait_for(r"app: desired telemetryInterval is the old name of telemetry_interval")
+
+
+def test_readme_service_examples_do_what_they_say(hub, tmp_path, device):  # noqa: F811
+    # The README's `upyhub hub` lines for the twin and the reboot method, run as written (dev1 renamed,
+    # --data added), against a simulated board: the interval is followed, the delay is honoured.
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from fwtools import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    lines = {}
+    for name, rx in (("twin", r"^upyhub hub twin update dev1 .*$"), ("reboot", r"^upyhub hub method invoke dev1 reboot .*$")):
+        m = re.search(rx, readme, re.M)
+        assert m, "README lost its %s example" % name
+        lines[name] = shlex.split(m.group(0).split("  #")[0])
+    provision(hub, tmp_path / "flash", "dev-readme", telemetry_interval=5)
+    dev = device(tmp_path / "flash")
+    dev.wait_for(r"iothub: connected")
+
+    def cli(argv):
+        argv = [("dev-readme" if a == "dev1" else a) for a in argv[1:]] + ["--data", str(hub.data_dir)]
+        p = subprocess.run([sys.executable, "-m", "upyhub"] + argv, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout
+
+    cli(lines["twin"])
+    want = json.loads(lines["twin"][lines["twin"].index("dev1") + 1])["telemetry_interval"]
+    dev.wait_for(r"app: telemetry every %s s" % want)
+    out = cli(lines["reboot"])
+    delay = json.loads(lines["reboot"][lines["reboot"].index("--payload") + 1])["delay"]
+    assert '"rebooting_in_ms": %d' % (delay * 1000) in out
+    dev.wait_for(r"app: rebooting in %s s" % delay)
+    dev.wait_for(r"board: reset", timeout=delay + 30)
