@@ -188,7 +188,7 @@ def command(flash, *, source=False, heapsize=None, tree=None, path_extra=(), exe
     argv += ["-c", boot]
     env = {"MICROPYPATH": ""}
     if not confine:
-        return argv, env, sandbox.UNCONFINED
+        return argv, dict(env, **{k: os.environ[k] for k in sandbox.PASS_ENV if k in os.environ}), sandbox.UNCONFINED
     box = sandbox.Confinement(flash, interpreter, code_dirs=code, tcp_ports=hub_ports(cfg))
     argv, env = box.wrap(argv, env)
     return argv, env, box.describe()
