@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from upyhub import files, paths
-from upyhub.errors import UpyhubError, UsageError
+from upyhub.errors import UpyhubError, UsageError, network_reason
 
 # What Azure IoT Hub chains to since 2023 (IOTHUB-FACTS.md). Taken from certifi's Mozilla
 # bundle at build time; the fingerprints only check that the package gave the right ones.
@@ -210,7 +210,7 @@ def push(service, devices, data, timeout=30):
         except ServiceError as exc:
             status, body = exc.status, {"status": "unreachable", "message": exc.message}
         except OSError as exc:
-            raise UsageError("cannot reach the hub's service API: %s" % (exc.strerror or type(exc).__name__))
+            raise UpyhubError("cannot reach the hub's service API: %s" % network_reason(exc))
         out.append((device, status, body))
     return out
 
@@ -265,14 +265,14 @@ def stage_board(port, data, certs_dir=None, timeout=120):
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise UsageError("the board on %s did not answer within %d s" % (port, timeout))
+            raise UpyhubError("the board on %s did not answer within %d s" % (port, timeout))
     out = proc.stdout
     for line in out.splitlines():
         if line.startswith("UPYHUB-STAGED "):
             return json.loads(line.split(" ", 1)[1])
         if line.startswith("UPYHUB-REFUSED "):
-            raise UsageError("the board refused it: %s" % line.split(" ", 1)[1])
+            raise UpyhubError("the board refused it: %s" % line.split(" ", 1)[1])
         if line.startswith("UPYHUB-NOFIRMWARE"):
-            raise UsageError("the board has no iothub package in /lib: install the firmware first")
+            raise UpyhubError("the board has no iothub package in /lib: install the firmware first")
     last = (proc.stderr.strip() or out.strip() or "no output").splitlines()[-1]
-    raise UsageError("mpremote on %s failed: %s" % (port, last[:200]))
+    raise UpyhubError("mpremote on %s failed: %s" % (port, last[:200]))
