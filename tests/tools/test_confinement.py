@@ -248,3 +248,39 @@ def test_secrets_are_owner_only_on_simulated_flash(sim_board):
     res = sim_board.mpremote("exec", "f = open('secrets.json', 'w'); f.write('{}'); f.close()")
     assert res.returncode == 0, res.stderr
     assert pathlib.Path(sim_board.flash / "secrets.json").stat().st_mode & 0o077 == 0
+
+
+def test_host_writes_never_follow_links(tmp_path):
+    """sim.write_flash (what `sim --device`, the demo and the tests write) refuses a folder holding a link,
+    and its writes replace a link made after the check instead of writing through it."""
+    from upyhub import files, sim
+    from upyhub.errors import UsageError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("operator's file")
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "config.json").symlink_to(victim)
+    with pytest.raises(UsageError, match=r"holds a symlink \(config.json\)"):
+        sim.write_flash(flash, hostname="h.azure-devices.net", device_id="d", ca_pem=b"", port=8883)
+    fl = files.Flash(flash)
+    with pytest.raises(UsageError, match="config.json"):
+        fl.read("config.json")
+    fl.write_atomic("config.json", b"{}")  # the link itself is replaced, its target untouched
+    assert victim.read_text() == "operator's file" and not (flash / "config.json").is_symlink()
+    (flash / "certs").symlink_to(tmp_path)
+    with pytest.raises(UsageError, match="refused: certs in"):
+        fl.write_atomic("certs/x.pem", b"x")
+    assert not (tmp_path / "x.pem").exists()
+
+
+def test_sim_names_an_unresolvable_hub(tmp_path):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "config.json").write_text(json.dumps({"hostname": "no-such-hub.invalid", "device_id": "d",
+                                                    "port": 8883}))
+    res = run_sim(flash)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "upyhub: error: cannot look up the hub hostname no-such-hub.invalid from %s/config.json: the name does not "
+        "resolve (unknown host, or no DNS here); set \"gateway\" there to the hub's address" % flash]

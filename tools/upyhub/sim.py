@@ -151,8 +151,8 @@ def _resolve(cfg, flash):
     try:
         return {host: socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]}
     except (OSError, UnicodeError) as exc:
-        raise UpyhubError("the hub hostname %s in %s/config.json does not resolve on this machine (%s): "
-                          "set \"gateway\" there to the hub's address" % (host, flash, errors.network_reason(exc)))
+        raise UpyhubError("cannot look up the hub hostname %s from %s/config.json: %s; set \"gateway\" there to "
+                          "the hub's address" % (host, flash, errors.network_reason(exc)))
 
 
 def _inside(flash, dirs):
