@@ -1,18 +1,27 @@
 # Pinned root certificates on flash, with an over-the-air replacement slot that cannot
-# brick the device. Used by the session like this:
+# brick the device. Used by iothub.roots (the session's side) like this:
 #
-#   store = certstore.Store(root_dir)             # root_dir = the flash certs folder; never raises
+#   store = certstore.Store(root_dir, ram=state)  # root_dir = the flash certs folder; never raises.
+#                                                 # state: a dict the caller keeps across loads (the
+#                                                 # counts below also live there: see "RAM" below)
 #   cadata, slot = store.roots_for_connect()      # bytes for load_verify_locations; slot "staged"|"active"|"fallback"
-#                                                 # (call it after TCP is up, right before the TLS handshake:
-#                                                 #  every hand-out of "staged" is one trial, persisted)
+#                                                 # (right before the handshake: a hand-out of "staged"
+#                                                 #  is one trial, recorded before the handshake starts)
 #   store.tls_ok(slot)                            # TLS with the hub worked: "staged" is promoted to active,
 #                                                 # the old active kept as fallback
-#   store.tls_failed(slot)                        # TLS failed: a staged set is discarded after `tries` (3) trials;
-#                                                 # `tries` failures of active in a row -> one attempt with fallback
+#   store.tls_failed(slot)                        # the hub could not be verified with the set: a staged set
+#                                                 # is discarded after `tries` (3) trials; `tries` failures of
+#                                                 # active in a row -> one attempt with fallback
+#   store.tls_untried(slot)                       # no verdict (network, memory, server): the trial is given back
 #   store.stage(data, sha256_hex, source="ota")   # validate + write staged; ValueError with a clear message
 #   store.install_active(data, source="provision")  # provisioning's first write
-#   store.status()                                # dict for the `rootCerts` reported property
-#   store.problems                                # torn/corrupt slots found (and repaired) at load
+#   store.status()                                # dict for the `rootCerts` reported property (never raises)
+#   store.problems                                # torn/corrupt slots found (and repaired) at load, flash errors
+#
+# RAM: every count (staged trials, active failures) and every decision the flash could not record
+# (a staged set given up, a promotion that could not be renamed into place) is also kept in `ram`,
+# so a full or read-only flash never keeps the device on a set that does not work: it goes back
+# to its working set within `tries` attempts and says once that the flash could not record it.
 #
 # Use a fresh SSLContext for every attempt: load_verify_locations appends to the context's
 # trusted roots (mbedtls), so a reused context would keep trusting a discarded set. A set that
@@ -22,8 +31,8 @@
 # Layout: certs/{active,staged,fallback}/ each hold roots.pem (or roots.der) and `manifest`: one line of
 # JSON {"v":1, "file", "sha256", "size", "seq", "source", "written", "notAfter", "certs":[{"cn","sha256","notAfter"}]}
 # and a second line with that line's SHA-256.
-# A slot is valid only if its manifest parses and the content's SHA-256 matches it. Slots are
-# written whole into "<slot>.tmp/" and renamed into place, so a power cut leaves either the old
+# A slot is valid only if its manifest parses, has the right types and the content's SHA-256 matches
+# it. Slots are written whole into "<slot>.tmp/" and renamed into place, so a power cut leaves either the old
 # slot, the new one, a leftover *.tmp (removed at load) or no slot; at load a missing or corrupt
 # active set is restored from fallback. Works on CPython too (the host tools write the same format).
 import binascii
@@ -33,7 +42,7 @@ import os
 
 from iothub import clock
 
-# x509 is imported where a set is validated or described, not on the connect path:
+# x509 is imported only where a set is validated, not on the connect path or for reports:
 # a board keeps ~7 KB more heap for TLS while it only connects.
 
 ACTIVE = "active"
@@ -44,6 +53,7 @@ TRIALS = "trials"
 MAX_BYTES = 16384
 MAX_CERTS = 8
 TRIES = 3
+DAY = 86400
 _CHUNK = 512
 
 # Tests set this to a function(op, path) called before every flash operation (to cut power there).
@@ -117,6 +127,15 @@ def _read(path, limit):
         return f.read()
 
 
+def _why(e):
+    try:
+        from iothub.transport import why
+
+        return why(e)
+    except ImportError:  # CPython host tools: no device package (nor tls) on the path
+        return str(e)
+
+
 def _hex64(s):
     if not isinstance(s, str) or len(s) != 64:
         return False
@@ -172,9 +191,9 @@ def check(data, sha256_hex=None, now=None, max_bytes=MAX_BYTES, tls_check=False)
         if not c.self_issued:
             raise ValueError(name + " is not a root (its issuer is another CA): pin roots, not intermediates")
         if c.not_after <= t:
-            raise ValueError(name + " expired on " + x509.iso(c.not_after))
+            raise ValueError(name + " expired on " + clock.iso(c.not_after))
         if c.not_before > t:
-            raise ValueError(name + " is not valid before " + x509.iso(c.not_before))
+            raise ValueError(name + " is not valid before " + clock.iso(c.not_before))
     if tls_check:
         _tls_check(data)
     return certs
@@ -202,15 +221,26 @@ def _tls_check(data):
 
 
 class Store:
-    def __init__(self, root_dir, tries=TRIES, max_bytes=MAX_BYTES, tls_check=False):
+    def __init__(self, root_dir, tries=TRIES, max_bytes=MAX_BYTES, tls_check=False, ram=None):
         self.root = root_dir.rstrip("/") or "/"
         self.tls_check = tls_check
         self.tries = tries
         self.max_bytes = max_bytes
         self.problems = []
         self._m = {}  # slot -> manifest of a valid slot
-        self._active_failures = 0
+        # What must survive a flash that cannot be written (see "RAM" at the top):
+        #   "trials": [seq, n] of the staged set   "failures": active failures in a row
+        #   "given_up": staged seqs to ignore      "prefer": "staged"/"fallback" proven but not renamed in
+        self.ram = ram if ram is not None else {}
         self._reload()  # never raises: a broken store is reported, never crashes boot
+
+    @property
+    def _active_failures(self):
+        return self.ram.get("failures", 0)
+
+    @_active_failures.setter
+    def _active_failures(self, n):
+        self.ram["failures"] = n
 
     # ---- loading and repair
 
@@ -218,7 +248,8 @@ class Store:
         return self.root + "/" + slot
 
     def _problem(self, msg):
-        self.problems.append(msg)
+        if msg not in self.problems:
+            self.problems.append(msg)
 
     def _read_slot(self, slot):
         # -> manifest (valid), None (absent) or False (torn/corrupt).
@@ -234,8 +265,14 @@ class Store:
             for k in ("seq", "size", "written", "notAfter"):
                 if not isinstance(m.get(k), int):
                     raise ValueError("manifest fields are missing")
-            if not isinstance(m.get("certs"), list) or not m["certs"]:
+            if not isinstance(m.get("certs"), list) or not m["certs"] or len(m["certs"]) > MAX_CERTS:
                 raise ValueError("manifest fields are missing")
+            for c in m["certs"]:
+                if (not isinstance(c, dict) or not isinstance(c.get("cn"), str) or not _hex64(c.get("sha256"))
+                        or not isinstance(c.get("notAfter"), int)):
+                    raise ValueError("manifest entries have the wrong types")
+            if m.get("source") is not None and not isinstance(m["source"], str):
+                raise ValueError("manifest entries have the wrong types")
             data = _read(d + "/" + m["file"], self.max_bytes)
             if _sha(data) != m["sha256"]:
                 raise ValueError("content does not match the manifest's SHA-256")
@@ -266,13 +303,13 @@ class Store:
                 _rename(self._dir(FALLBACK), self._dir(ACTIVE))
                 self._m[ACTIVE] = self._m.pop(FALLBACK)
             except OSError as e:
-                self._problem("could not restore the fallback set: %s" % e)
+                self._problem("could not restore the fallback set: %s" % _why(e))
 
     def _drop(self, name):
         try:
             _rmtree(self._dir(name))
         except OSError as e:
-            self._problem("could not remove %s: %s" % (name, e))
+            self._problem("could not remove %s from flash: %s" % (name, _why(e)))
 
     # ---- reading
 
@@ -293,32 +330,47 @@ class Store:
         return None
 
     def _trials(self):
+        # The larger of the count on flash and the one in RAM (the flash may not take writes).
         m = self._m.get(STAGED)
+        t = self.ram.get("trials")
+        n = t[1] if t and m and t[0] == m["seq"] else 0
         try:
-            seq, n = _read(self.root + "/" + TRIALS, 64).split()
-            if int(seq) == m["seq"]:
-                return int(n)
+            seq, k = _read(self.root + "/" + TRIALS, 64).split()
+            if int(seq) == m["seq"] and int(k) > n:
+                n = int(k)
         except Exception:
             pass
-        return 0
+        return n
 
     def _set_trials(self, n):
+        seq = self._m[STAGED]["seq"]
+        self.ram["trials"] = [seq, n]
         path = self.root + "/" + TRIALS
-        _write(path + ".tmp", ("%d %d" % (self._m[STAGED]["seq"], n)).encode())
-        _rename(path + ".tmp", path)
+        try:
+            _write(path + ".tmp", ("%d %d" % (seq, n)).encode())
+            _rename(path + ".tmp", path)
+        except OSError as e:
+            self._problem("could not record a staged trial on flash (%s): counted in RAM" % _why(e))
+
+    def _usable_staged(self):
+        m = self._m.get(STAGED)
+        return m is not None and m["seq"] not in self.ram.get("given_up", ())
 
     def roots_for_connect(self):
-        if STAGED in self._m:
+        prefer = self.ram.get("prefer")
+        if prefer is not None and prefer[0] in self._m and self._m[prefer[0]]["seq"] == prefer[1]:
+            # proven by a TLS session, but the flash could not rename it into place: keep using it
+            data = self._data(prefer[0])
+            if data is not None:
+                return data, prefer[0]
+        if self._usable_staged():
             n = self._trials()
             if n >= self.tries and ACTIVE in self._m:
                 self.discard_staged("it failed %d TLS attempts" % n)
             else:
                 data = self._data(STAGED)
                 if data is not None:
-                    try:
-                        self._set_trials(n + 1)
-                    except OSError as e:
-                        self._problem("could not count a staged trial: %s" % e)
+                    self._set_trials(n + 1)
                     return data, STAGED
                 self._drop(STAGED)
         if self._active_failures >= self.tries and FALLBACK in self._m:
@@ -341,26 +393,44 @@ class Store:
         if slot == ACTIVE:
             self._active_failures = 0
         elif slot in (STAGED, FALLBACK) and slot in self._m:
+            seq = self._m[slot]["seq"]
             try:
                 self._promote(slot)
+                self.ram.pop("prefer", None)
             except OSError as e:  # flash full or failing: the next boot finishes or undoes it
-                self._problem("could not promote the %s set: %s" % (slot, e))
+                self._problem("could not make the %s set active on flash (%s): using it from there" % (slot, _why(e)))
                 self._reload()
+                self.ram["prefer"] = [slot, seq]
+                self.ram.pop("trials", None)
+                self._active_failures = 0
 
     def _reload(self):
         self._m = {}
         try:
             self._load()
+        except MemoryError:
+            raise  # not a broken store: the caller's heap (never "no valid roots")
         except Exception as e:
             self._problem("certificate store could not be loaded: %r" % e)
 
     def tls_failed(self, slot):
+        prefer = self.ram.get("prefer")
+        if prefer is not None and prefer[0] == slot:
+            self.ram.pop("prefer", None)  # proven once, failing now: back to the rules below
         if slot == STAGED and STAGED in self._m:
             n = self._trials()
             if n >= self.tries and ACTIVE in self._m:
                 self.discard_staged("it failed %d TLS attempts" % n)
         elif slot == ACTIVE:
             self._active_failures += 1
+
+    def tls_untried(self, slot):
+        # The attempt ended before any verdict on the roots (network down, hub unreachable, heap
+        # too small): a staged set gets its trial back.
+        if slot == STAGED and self._usable_staged():
+            n = self._trials()
+            if n > 0:
+                self._set_trials(n - 1)
 
     def _promote(self, slot):
         # staged -> active (old active -> fallback), or fallback <-> active. Each step is one
@@ -397,9 +467,12 @@ class Store:
             pass
 
     def discard_staged(self, why="discarded"):
-        if STAGED in self._m:
-            self._problem("staged set seq %d discarded: %s" % (self._m[STAGED]["seq"], why))
-            del self._m[STAGED]
+        m = self._m.pop(STAGED, None)
+        if m is not None:
+            self._problem("staged set seq %d discarded: %s" % (m["seq"], why))
+            given_up = self.ram.setdefault("given_up", [])
+            if m["seq"] not in given_up:
+                given_up.append(m["seq"])  # ignored even if the flash keeps it (read-only, full)
         self._drop(STAGED)
         self._clear_trials()
 
@@ -472,23 +545,50 @@ class Store:
     def slot(self, slot):
         return self._m.get(slot)
 
-    def status(self):
-        # The `rootCerts` reported property: active fingerprints and earliest expiry, plus the trial state.
-        from iothub import x509
+    def status(self, warn_days=30, now=None):
+        # The `rootCerts` reported property: active fingerprints and earliest expiry, the trial
+        # state, and the expiry warning. Never raises: what cannot be described is a problem.
+        try:
+            return self._status(warn_days, now)
+        except Exception as e:
+            return {"active": None, "earliestExpiry": None, "staged": None, "fallback": None,
+                    "problems": (self.problems + ["status could not be read: %s" % _why(e)])[-5:]}
 
+    def _status(self, warn_days, now):
         act = self._m.get(ACTIVE)
-        out = {"active": None, "earliestExpiry": None, "staged": None, "fallback": None, "problems": self.problems[-5:]}
+        out = {"active": None, "earliestExpiry": None, "staged": None, "fallback": None, "problems": self.problems[-5:],
+               "warnDays": warn_days, "expiresInDays": None, "expiryWarning": False}
+        t = clock.now() if now is None else now
         if act is not None:
             out["active"] = {
                 "seq": act["seq"],
                 "source": act.get("source"),
-                "certs": [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": x509.iso(c["notAfter"])} for c in act["certs"]],
+                "certs": [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": clock.iso(c["notAfter"])} for c in act["certs"]],
             }
-            out["earliestExpiry"] = x509.iso(act["notAfter"])
+            out["earliestExpiry"] = clock.iso(act["notAfter"])
+            if clock.is_set(t):
+                out["expiresInDays"] = (act["notAfter"] - t) // DAY
+                out["expiryWarning"] = act["notAfter"] - t < warn_days * DAY
         st = self._m.get(STAGED)
         if st is not None:
             out["staged"] = {"seq": st["seq"], "sha256": st["sha256"], "trials": self._trials(), "maxTrials": self.tries}
+            if not self._usable_staged():
+                out["staged"]["givenUp"] = True
         fb = self._m.get(FALLBACK)
         if fb is not None:
             out["fallback"] = {"seq": fb["seq"], "fingerprints": [c["sha256"] for c in fb["certs"]]}
+        return out
+
+    def expiring(self, warn_days=30, now=None):
+        # Active roots that expire within warn_days: [{"cn","sha256","notAfter","daysLeft"}]; empty
+        # on an unset clock.
+        t = clock.now() if now is None else now
+        act = self._m.get(ACTIVE)
+        out = []
+        if act is not None and clock.is_set(t):
+            for c in act["certs"]:
+                left = c["notAfter"] - t
+                if left < warn_days * DAY:
+                    out.append({"cn": c["cn"], "sha256": c["sha256"], "notAfter": clock.iso(c["notAfter"]),
+                                "daysLeft": left // DAY})
         return out

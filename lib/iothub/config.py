@@ -1,5 +1,7 @@
 # config.json + secrets.json from flash, checked field by field. The firmware never starts
 # half-configured: every problem found is listed (one line each), none of them echoes a secret.
+# DEFAULTS is the one place every setting's default lives: the session and the app read the
+# checked config and never supply their own.
 import json
 from iothub import sas
 from iothub.crypto import b64decode
@@ -8,16 +10,25 @@ SECRET_KEYS = ("device_key", "wifi_password")
 DEFAULTS = {
     "port": 8883,
     "auth": "sas",
-    "token_ttl": 3600,
-    "keepalive": 60,
-    "telemetry_interval": 10,
+    "token_ttl": 3600,  # s a token is valid; renewed by a clean reconnect before it ends
+    "keepalive": 60,  # s; the hub drops a silent device after 1.5 x this
+    "telemetry_interval": 10,  # s between readings (the sample app; the twin may change it ...)
+    "telemetry_interval_min": 1,  # ... within these bounds: the cloud cannot make a device flood
+    "telemetry_interval_max": 86400,
     "certs_dir": "certs",
     "roots_expiry_warn_days": 30,
     "ntp": ["pool.ntp.org"],
     "gateway": None,
-    "retry_cap": 60,
-    "refused_retry": 300,
+    "retry_cap": 60,  # s: longest wait between reconnect attempts
+    "refused_retry": 300,  # s to wait after the hub refused the credentials (CONNACK 4/5)
+    "stable_after": 60,  # s a connection must stay up before the backoff starts again from 1 s
+    "memory_resets_after": 5,  # connect attempts failing for lack of memory in a row before a clean reset
+    "queue_len": 16,  # messages kept while offline (oldest dropped beyond)
+    "io_timeout": 20,  # s: TLS handshake, CONNECT/CONNACK, a packet stalled mid-way, a hub not reading
 }
+# Files are sized before they are read: a huge file is a config problem, not a MemoryError.
+MAX_CONFIG = 8192
+MAX_SECRETS = 2048
 
 
 class ConfigError(Exception):
@@ -27,14 +38,29 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _read(path, what, problems):
+def _read(path, what, problems, limit):
+    import os
+
     try:
-        with open(path) as f:
-            data = json.load(f)
+        size = os.stat(path)[6]
     except OSError:
         problems.append("%s: missing (%s)" % (what, path))
         return None
-    except ValueError:
+    if size > limit:
+        problems.append("%s: %d bytes, more than the %d this firmware reads" % (what, size, limit))
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        from iothub.transport import why
+
+        problems.append("%s: cannot be read (%s)" % (what, why(e)))
+        return None
+    except MemoryError:
+        problems.append("%s: not enough memory to read it" % what)
+        return None
+    except ValueError:  # UnicodeError too
         problems.append("%s: not valid JSON" % what)
         return None
     if not isinstance(data, dict):
@@ -51,6 +77,10 @@ def _int(cfg, name, lo, hi, problems):
 
 def _str(v):
     return isinstance(v, str) and len(v) > 0
+
+
+def _num(v):
+    return not isinstance(v, bool) and isinstance(v, (int, float))
 
 
 def check(cfg, secrets):
@@ -72,12 +102,18 @@ def check(cfg, secrets):
     _int(cfg, "token_ttl", 10, 365 * 86400, problems)
     # The hub caps keep-alive at 1177 s; below 5 s a board would do little but ping.
     _int(cfg, "keepalive", 5, 1177, problems)
-    _int(cfg, "roots_expiry_warn_days", 0, 3650, problems)
-    _int(cfg, "retry_cap", 2, 3600, problems)  # longest wait between reconnect attempts (s)
-    _int(cfg, "refused_retry", 1, 86400, problems)  # wait after the hub refused our credentials (s)
-    ti = cfg.get("telemetry_interval")
-    if isinstance(ti, bool) or not isinstance(ti, (int, float)) or not 0 < ti <= 86400:
-        problems.append("config.json: telemetry_interval must be a number of seconds above 0 and at most 86400")
+    _int(cfg, "roots_expiry_warn_days", 0, 36500, problems)
+    _int(cfg, "retry_cap", 2, 3600, problems)
+    _int(cfg, "refused_retry", 1, 86400, problems)
+    _int(cfg, "stable_after", 1, 3600, problems)
+    _int(cfg, "memory_resets_after", 1, 1000, problems)
+    _int(cfg, "queue_len", 1, 1000, problems)
+    _int(cfg, "io_timeout", 1, 120, problems)
+    lo, hi = cfg.get("telemetry_interval_min"), cfg.get("telemetry_interval_max")
+    if not _num(lo) or not _num(hi) or not 0 < lo <= hi <= 86400 * 7:
+        problems.append("config.json: telemetry_interval_min and _max must be numbers of seconds, 0 < min <= max <= 604800")
+    elif not _num(cfg.get("telemetry_interval")) or not lo <= cfg["telemetry_interval"] <= hi:
+        problems.append("config.json: telemetry_interval must be a number of seconds from %s to %s" % (lo, hi))
     if not _str(cfg.get("certs_dir")):
         problems.append("config.json: certs_dir must be a folder name")
     ntp = cfg.get("ntp")
@@ -121,11 +157,11 @@ def load(root):
     # root: the flash root ("/" on boards). Secrets are optional only for x509 devices.
     root = root.rstrip("/")
     problems = []
-    cfg = _read(root + "/config.json", "config.json", problems)
+    cfg = _read(root + "/config.json", "config.json", problems, MAX_CONFIG)
     secrets = None
     try:
         open(root + "/secrets.json").close()
-        secrets = _read(root + "/secrets.json", "secrets.json", problems)
+        secrets = _read(root + "/secrets.json", "secrets.json", problems, MAX_SECRETS)
     except OSError:
         if cfg is not None and cfg.get("auth", "sas") == "sas":
             problems.append("secrets.json: missing (%s/secrets.json), the device key lives there" % root)

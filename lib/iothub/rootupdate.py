@@ -1,5 +1,6 @@
-# Root rotation over the air: the `updateRootCerts` direct method, the `rootCerts` reported
-# property and the expiry watch. The session calls:
+# Root rotation over the air: the `updateRootCerts` direct method (and, for the host tools, the
+# `rootCerts` report and expiry list the store itself computes). iothub.roots calls it for the
+# session, loaded only while it does:
 #   status, body = rootupdate.handle(store, payload)   # on $iothub/methods/POST/updateRootCerts
 #   twin patch {"rootCerts": rootupdate.report(store, warn_days)}
 #   alert = rootupdate.expiring(store, warn_days)       # list, empty when nothing expires soon
@@ -9,7 +10,6 @@ import json
 from iothub import clock, crypto, x509
 
 METHOD = "updateRootCerts"
-DAY = 86400
 
 
 def _refuse(msg, status=400):
@@ -61,8 +61,10 @@ def handle(store, payload):
     except MemoryError:
         return _refuse("not enough memory to check these certificates")
     except OSError as e:
-        return _refuse("could not write the staged set to flash: %s" % e, 500)
-    certs = [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": x509.iso(c["notAfter"])} for c in m["certs"]]
+        from iothub.transport import why
+
+        return _refuse("could not write the staged set to flash: %s" % why(e), 500)
+    certs = [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": clock.iso(c["notAfter"])} for c in m["certs"]]
     if m is store.slot("active"):
         return 200, {"status": "active", "seq": m["seq"], "certs": certs, "message": "these roots are already the active set"}
     return 200, {
@@ -76,70 +78,10 @@ def handle(store, payload):
 
 
 def expiring(store, warn_days=30, now=None):
-    # Active roots that expire within warn_days: [{"cn","sha256","notAfter","daysLeft"}]. Empty on an unset clock.
-    t = clock.now() if now is None else now
-    act = store.slot("active")
-    if act is None or not clock.is_set(t):
-        return []
-    out = []
-    for c in act["certs"]:
-        left = c["notAfter"] - t
-        if left < warn_days * DAY:
-            out.append({"cn": c["cn"], "sha256": c["sha256"], "notAfter": x509.iso(c["notAfter"]), "daysLeft": left // DAY})
-    return out
+    # Active roots that expire within warn_days (certstore.Store.expiring).
+    return store.expiring(warn_days, now)
 
 
 def report(store, warn_days=30, now=None):
-    # The `rootCerts` reported property: active fingerprints, earliest expiry, trial state, expiry warning.
-    out = store.status()
-    act = store.slot("active")
-    t = clock.now() if now is None else now
-    out["warnDays"] = warn_days
-    out["expiresInDays"] = None
-    out["expiryWarning"] = False
-    if act is not None and clock.is_set(t):
-        out["expiresInDays"] = (act["notAfter"] - t) // DAY
-        out["expiryWarning"] = act["notAfter"] - t < warn_days * DAY
-    return out
-
-
-class Watch:
-    # The app's glue to a Session (firmware/app.py):
-    #   w = rootupdate.Watch(session, session.certs, cfg.get("roots_expiry_warn_days", 30))
-    #   in on_method:  r = w.method(name, payload); if r: return r
-    #   in the loop:   w.poll()
-    # Reports `rootCerts` after every (re)connect (a staged set is promoted during the connect)
-    # and after each staging; sends a `rootCertsExpiring` telemetry alert at most once a day.
-    def __init__(self, session, store, warn_days=30):
-        self.s = session
-        self.store = store
-        self.warn_days = warn_days
-        self._seen = -1
-        self._next_check = None
-
-    def method(self, name, payload):
-        # -> (status, body) for updateRootCerts, None for any other method.
-        if name != METHOD:
-            return None
-        status, body = handle(self.store, payload)
-        if status == 200:
-            self._report()
-        return status, body
-
-    def _report(self):
-        self.s.report({"rootCerts": report(self.store, self.warn_days)})
-
-    def poll(self):
-        import time
-
-        if not self.s.connected:
-            return
-        if self.s.connects != self._seen:
-            self._seen = self.s.connects
-            self._report()
-        now = time.ticks_ms()
-        if self._next_check is None or time.ticks_diff(now, self._next_check) >= 0:
-            self._next_check = time.ticks_add(now, DAY * 1000)
-            soon = expiring(self.store, self.warn_days)
-            if soon:
-                self.s.send({"rootCertsExpiring": soon, "warnDays": self.warn_days}, {"alert": "rootCertsExpiring"})
+    # The `rootCerts` reported property (certstore.Store.status).
+    return store.status(warn_days, now)

@@ -7,6 +7,13 @@ TWIN_RES = "$iothub/twin/res/"
 DESIRED = "$iothub/twin/PATCH/properties/desired/"
 METHOD_POST = "$iothub/methods/POST/"
 
+# The largest bodies IoT Hub sends on each topic (its documented limits, plus room for the JSON
+# around a twin document): anything larger is not from a hub and is skipped unread.
+C2D_MAX = 65536
+METHOD_MAX = 131072
+DESIRED_MAX = 32768 + 1024
+TWIN_DOC_MAX = 2 * 32768 + 2048
+
 _rid = 0
 
 
@@ -43,6 +50,7 @@ def telemetry(device_id, properties=None, content_type=None, encoding=None):
 
 
 def unquote(s):
+    # Raises ValueError (UnicodeError) when the escapes do not decode to UTF-8.
     if "%" not in s:
         return s
     b = s.encode()
@@ -107,9 +115,32 @@ def _int(s, default=None):
         return default
 
 
+def limit(topic, device_id):
+    # The largest body this device accepts on a topic (bytes): 0 for topics that are not its own.
+    if not isinstance(topic, (bytes, bytearray)):
+        topic = topic.encode()
+    if topic.startswith(b"devices/") and topic[8:].startswith(device_id.encode() + b"/messages/devicebound/"):
+        return C2D_MAX
+    if topic.startswith(b"$iothub/methods/POST/"):
+        return METHOD_MAX
+    if topic.startswith(b"$iothub/twin/PATCH/properties/desired/"):
+        return DESIRED_MAX
+    if topic.startswith(b"$iothub/twin/res/"):
+        return TWIN_DOC_MAX
+    return 0
+
+
 def parse(topic, device_id):
-    # Classify an incoming topic (str or bytes). Returns a tuple or None for foreign topics:
+    # Classify an incoming topic (str or bytes). Returns a tuple, or None for foreign or unreadable
+    # topics (not UTF-8, a bad %-escape, a method request without $rid); it never raises:
     #   ("c2d", props) | ("twin", status, rid, version) | ("desired", version) | ("method", name, rid)
+    try:
+        return _parse(topic, device_id)
+    except (ValueError, UnicodeError, TypeError):
+        return None
+
+
+def _parse(topic, device_id):
     if isinstance(topic, (bytes, bytearray)):
         topic = topic.decode()
     c2d = "devices/" + device_id + "/messages/devicebound/"

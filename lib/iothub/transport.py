@@ -1,9 +1,6 @@
-# TLS to the hub and the umqtt client on top of it.
-# Verification is never optional: CERT_REQUIRED, the pinned roots from flash, and the hub's
-# hostname as the name to check, even when the socket goes to a gateway address (127.0.0.1).
-# umqtt never picks the TLS name: 1.3.4 calls `ussl.wrap_socket(sock, **ssl_params)` and gets our
-# params; 1.4+ calls `ssl.wrap_socket(sock, server_hostname=<connect address>)` on the object we
-# hand it as `ssl`, which ignores that name and uses ours.
+# TLS to the hub. Verification is never optional: CERT_REQUIRED, the pinned roots from flash, and
+# the hub's hostname as the name to check, even when the socket goes to a gateway address
+# (127.0.0.1). umqtt never picks the TLS name (iothub.mqtt hands it our wrapper).
 import gc
 import sys
 
@@ -15,16 +12,42 @@ except ImportError:
     _POSITIONAL = False
 
 CERT_REQUIRED = _tls.CERT_REQUIRED
-TIMEOUT_S = 20  # TLS handshake, and any read that stalls mid-packet
+TIMEOUT_S = 20  # default io_timeout: the handshake, CONNECT/CONNACK, and any packet that stalls mid-way
 _OK_VERSIONS = ("TLSv1.2", "TLSv1.3")
 
 
 class TLSError(Exception):
-    # The hub could not be verified (or offered old TLS): nothing was sent to it.
-    pass
+    # No TLS session with the hub: nothing was sent to it. .kind says whose fault it is:
+    #   "verify"  the server is not the hub under these roots (or the roots do not load): the
+    #             root set's fault, counted against it
+    #   "memory"  the heap could not give the handshake what it needs: nobody's fault but the
+    #             heap's (counted towards a clean reset, never against the roots)
+    #   "server"  no answer, not TLS, TLS below 1.2: the server's or the network's fault
+    def __init__(self, msg, kind):
+        super().__init__(msg)
+        self.kind = kind
+
+
+def _kind(e):
+    if isinstance(e, MemoryError) or isinstance(e, OSError) and e.args and e.args[0] in (12, -0x7F00):
+        return "memory"  # ENOMEM: mbed TLS' MBEDTLS_ERR_SSL_ALLOC_FAILED as MicroPython raises it
+    if isinstance(e, ValueError) or isinstance(e, OSError) and e.args and e.args[0] == -0x2700:
+        return "verify"  # the verify report (ValueError), or MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
+    return "server"
 
 
 _cache = [None, None]  # [digest of roots+cert+key, context]; key None: reserved at boot, no roots yet
+# Room for the next TLS session's buffers, held between connections where mbed TLS allocates them
+# on the Python heap (rp2's bare-metal config: a 16.7 KB record buffer in one piece, 4.4 KB more).
+# The sizes are learnt from the first handshake (none: buffers are off-heap, as on ESP32, or not
+# known yet); the room is taken back as soon as a session ends and handed to mbed TLS right before
+# the next handshake. Without it a heap fragmented by hours of traffic has no 16.7 KB in one
+# piece and every reconnect fails with ENOMEM. Two blocks (the record buffer's and the rest's):
+# the freed buffers need not have been next to each other. BytesIO because close() frees its
+# buffer at once: a bytearray would wait for a collection that a stale pointer on the C stack
+# (conservative GC) can defeat.
+_BIG = 16384 + 1024
+_room = [[], ()]  # [io.BytesIO blocks held, their sizes]
 
 
 def _new():
@@ -90,153 +113,96 @@ def _ders(cadata):
 
 
 def wrap_socket(sock, server_side=False, key=None, cert=None, cert_reqs=None, cadata=None,
-                server_hostname=None, do_handshake=True):
+                server_hostname=None, do_handshake=True, timeout=TIMEOUT_S):
     # ussl's signature, so umqtt 1.3.4 can call it as `ussl.wrap_socket`; refuses to go unverified.
-    # cadata may be a function: the roots are then fetched once TCP is up (the cert store counts
-    # each hand-out of a staged set as one trial, so a dead network must not use trials up).
-    if callable(cadata):
-        try:
-            cadata = cadata()
-        except Exception as e:
-            sock.close()
-            raise TLSError("no usable root certificates: %s" % e)
     if server_side or cert_reqs != CERT_REQUIRED or not cadata or not server_hostname:
         sock.close()
-        raise TLSError("refusing TLS without CERT_REQUIRED, pinned roots and a hostname")
+        raise TLSError("refusing TLS without CERT_REQUIRED, pinned roots and a hostname", "verify")
     try:
         ctx = context(cadata, cert, key)
     except Exception as e:
         sock.close()
-        raise TLSError("bad roots or client certificate: %s" % e)
+        k = _kind(e)
+        raise TLSError("bad roots or client certificate: %s" % e if k != "memory" else
+                       "not enough memory for the TLS context: %r" % e, "memory" if k == "memory" else "verify")
+    sock.settimeout(timeout)  # the handshake, CONNECT and CONNACK; iothub.wire takes over after
     try:
-        sock.settimeout(TIMEOUT_S)
-        # umqtt writes a packet in several small pieces: without this, Nagle holds each next piece
-        # until the hub's delayed ACK (~40 ms a message).
+        # umqtt writes CONNECT in several small pieces: without this, Nagle holds each next piece
+        # until the hub's delayed ACK (~40 ms).
         sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
     except (AttributeError, OSError):
         pass
+    _free_room()
+    gc.collect()
+    free = gc.mem_free()
     try:
         s = ctx.wrap_socket(sock, server_hostname=server_hostname)
+        held = free - gc.mem_free()
+        if held > 8192 and not _room[1]:
+            _room[1] = (_BIG, held - _BIG + 1024) if held > _BIG else (held + 512,)
     except Exception as e:
         sock.close()
-        raise TLSError("handshake with %s failed: %s" % (server_hostname, e))
+        keep_room()
+        k = _kind(e)
+        if k == "memory":
+            raise TLSError("not enough memory for the TLS handshake with %s" % server_hostname, k)
+        raise TLSError("handshake with %s failed: %s" % (server_hostname, why(e)), k)
     try:
         version = s.cipher()[1]
     except AttributeError:  # ports before cipher() cannot tell; mbedtls' own minimum applies
         version = None
     if version is not None and version not in _OK_VERSIONS:
         s.close()
-        raise TLSError("%s offered %s only; TLS 1.2 is the minimum" % (server_hostname, version))
+        raise TLSError("%s offered %s only; TLS 1.2 is the minimum" % (server_hostname, version), "server")
     return s
 
 
-class Wrapper:
-    # What umqtt 1.4+ takes as `ssl`: only wrap_socket is ever called on it.
-    def __init__(self, params):
-        self.params = params
+def keep_room():
+    # A TLS session has ended (or a handshake failed): hold the buffers' room for the next one.
+    if _room[1] and not _room[0]:
+        import io
 
-    def wrap_socket(self, sock, server_hostname=None, **kw):
-        return wrap_socket(sock, **self.params)
+        gc.collect()
+        for n in _room[1]:
+            try:
+                _room[0].append(io.BytesIO(n))  # preallocated: MicroPython's BytesIO(size)
+            except MemoryError:
+                pass
 
 
-def install_ussl():
-    # umqtt 1.3.4 does `import ussl`; give it this module only where no real ussl exists.
-    if "ussl" in sys.modules:
-        return
+def _free_room():
+    for r in _room[0]:
+        r.close()
+    _room[0] = []
+
+
+def _unload(*names):
+    # Drop modules needed only now and then (sas to mint a token, the cert store to pick roots,
+    # umqtt to connect): their code is off the heap until the next time. "x" is iothub.x.
+    for n in names:
+        full = n if "." in n else "iothub." + n
+        sys.modules.pop(full, None)
+        pkg = sys.modules.get(full[:full.rfind(".")])
+        if pkg is not None:
+            pkg.__dict__.pop(full[full.rfind(".") + 1:], None)
+
+
+def why(e):
+    # iothub.reason.of(e), loaded only while a failure is described.
     try:
-        import ussl  # noqa: F401  (an old port's own: it takes the same params)
+        from iothub import reason
+
+        return reason.of(e)
     except ImportError:
-        sys.modules["ussl"] = sys.modules[__name__]
+        return str(e)
+    finally:
+        _unload("reason")
 
 
-def params(hostname, cadata, cert=None, key=None):
-    p = {"server_hostname": hostname, "cert_reqs": CERT_REQUIRED, "cadata": cadata}
+def params(hostname, cadata, cert=None, key=None, timeout=TIMEOUT_S):
+    # What wrap_socket takes (umqtt 1.3.4 passes them on as **ssl_params).
+    p = {"server_hostname": hostname, "cert_reqs": CERT_REQUIRED, "cadata": cadata, "timeout": timeout}
     if cert:
         p["cert"] = cert
         p["key"] = key
     return p
-
-
-def client(client_id, address, port, user, password, keepalive, tls_params):
-    from umqtt.simple import MQTTClient
-
-    install_ussl()
-    if callable(tls_params.get("cadata")) and sys.modules.get("ussl") is not sys.modules[__name__]:
-        tls_params["cadata"] = tls_params["cadata"]()  # a port's own ussl wants the bytes
-    w = Wrapper(tls_params)
-    try:  # 1.3.4 (and releases that accept ssl_params again)
-        return MQTTClient(client_id, address, port, user, password, keepalive, ssl=w, ssl_params=tls_params)
-    except TypeError:  # 1.4: `ssl` is an SSLContext-like object
-        return MQTTClient(client_id, address, port, user, password, keepalive, ssl=w)
-
-
-class Roots:
-    # The root certificate store (lib/iothub/certstore.py), loaded only when it has work to do:
-    # with its X.509 reader it is ~15-20 KB of code a running session does not need between
-    # handshakes. Same calls as certstore.Store: roots_for_connect() -> (data, slot),
-    # tls_ok(slot), tls_failed(slot). The outcome of the active set is only a count the store
-    # keeps in RAM (failures in a row, which send it to the fallback set); that count lives
-    # here, so the store is loaded after a handshake only for a staged or fallback set.
-    def __init__(self, certs_dir):
-        self.dir = certs_dir
-        self._failures = 0
-        self.changed = False  # a staged/fallback set was promoted or dropped: worth reporting
-
-    def use(self, fn):
-        # fn(store) with the store loaded (handshakes, root rotation, status reports), then unloaded
-        # (also after a MemoryError half-way through an import).
-        s = None
-        try:
-            from iothub import certstore
-
-            s = certstore.Store(self.dir)
-            s._active_failures = self._failures
-            return fn(s)
-        finally:
-            if s is not None:
-                self._failures = s._active_failures
-            s = certstore = None
-            _unload("certstore", "x509", "rootupdate")
-            gc.collect()
-
-    def _call(self, name, *args):
-        return self.use(lambda s: getattr(s, name)(*args))
-
-    def roots_for_connect(self):
-        return self._call("roots_for_connect")
-
-    def tls_ok(self, slot):
-        if slot == "active":
-            self._failures = 0
-        else:
-            self.changed = True
-            self._call("tls_ok", slot)
-
-    def tls_failed(self, slot):
-        if slot == "active":
-            self._failures += 1
-        else:
-            self.changed = True
-            self._call("tls_failed", slot)
-
-
-def _unload(*names):
-    import iothub
-
-    for n in names:
-        iothub.__dict__.pop(n, None)
-        sys.modules.pop("iothub." + n, None)
-
-
-def roots_source(root, certs_dir):
-    # The root store: certstore.Store (roots_for_connect/tls_ok/tls_failed for the session, and
-    # everything rootupdate needs).
-    from iothub import certstore
-
-    return certstore.Store(root.rstrip("/") + "/" + certs_dir)
-
-
-def lazy_roots(root, certs_dir):
-    # The same session calls from a store loaded only when it has work to do (see Roots): what
-    # the firmware uses, to keep the cert store's code off the heap between handshakes.
-    return Roots(root.rstrip("/") + "/" + certs_dir)

@@ -37,7 +37,7 @@ def test_demo_runs_and_stops_by_itself(fw_tree):
     assert out.count("hub   | telemetry from demo-device-1") >= 4
     assert "service: direct method ping -> 200" in out
     reported = json.loads(out.split("twin reported: ", 1)[1].splitlines()[0])
-    assert reported["telemetryInterval"] == 2
+    assert reported["telemetry_interval"] == 2
     assert out.rstrip().endswith("demo: stopped (device and hub)")
     assert "SharedAccessSignature" not in out + p.stderr and "Traceback" not in out + p.stderr
 

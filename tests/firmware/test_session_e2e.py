@@ -2,6 +2,7 @@
 through the hub's service API: telemetry with properties, C2D, twin get/reported/desired,
 direct methods, and the whole session under a 64K heap."""
 import json
+import time
 
 import pytest
 
@@ -28,13 +29,13 @@ def test_end_to_end(hub, tmp_path, device):  # noqa: F811
     assert m["properties"].get("sensor") == "temperature"
     assert m["properties"].get("seq") == str(body["seq"])
 
-    # the app reported its interval at start; desired telemetryInterval is honoured and reported back
-    wait_until(lambda: hub.service.get_twin("e2e-1")["properties"]["reported"].get("telemetryInterval") == 1,
-               what="initial reported telemetryInterval")
-    hub.service.update_twin("e2e-1", {"telemetryInterval": 2})
+    # the app reported its interval at start; desired telemetry_interval is honoured and reported back
+    wait_until(lambda: hub.service.get_twin("e2e-1")["properties"]["reported"].get("telemetry_interval") == 1,
+               what="initial reported telemetry_interval")
+    hub.service.update_twin("e2e-1", {"telemetry_interval": 2})
     dev.wait_for(r"app: telemetry every 2 s \(desired \$version \d+\)")
-    wait_until(lambda: hub.service.get_twin("e2e-1")["properties"]["reported"].get("telemetryInterval") == 2,
-               what="reported telemetryInterval 2")
+    wait_until(lambda: hub.service.get_twin("e2e-1")["properties"]["reported"].get("telemetry_interval") == 2,
+               what="reported telemetry_interval 2")
 
     # C2D with properties
     hub.service.send_c2d("e2e-1", "hello device", {"color": "blue green"})
@@ -47,10 +48,21 @@ def test_end_to_end(hub, tmp_path, device):  # noqa: F811
     status, payload = hub.service.invoke_method("e2e-1", "nosuch", None, timeout=30)
     assert status == 404
 
-    # reboot: acknowledged first, then the board resets (the unix board exits 0)
-    status, payload = hub.service.invoke_method("e2e-1", "reboot", None, timeout=30)
-    assert status == 200 and payload["rebooting_in_ms"] > 0
+    # values the cloud sets are bounded by config (telemetry_interval_min/max): refused and reported
+    hub.service.update_twin("e2e-1", {"telemetry_interval": 1e-9})
+    dev.wait_for(r"app: desired telemetry_interval 1e-09 refused \(allowed: 1 to 86400 s\)")
+    wait_until(lambda: (hub.service.get_twin("e2e-1")["properties"]["reported"].get("telemetry_interval") or {}).get(
+        "refused") == 1e-9, what="refusal reported")
+    assert len([x for x in dev.lines if "telemetry every" in x]) == 1  # still every 2 s
+
+    # reboot {"delay": s}: acknowledged first, then the board resets after the delay (the unix board exits 0)
+    status, payload = hub.service.invoke_method("e2e-1", "reboot", {"delay": "soon"}, timeout=30)
+    assert status == 400 and "delay must be a number" in payload["error"]
+    status, payload = hub.service.invoke_method("e2e-1", "reboot", {"delay": 3}, timeout=30)
+    assert status == 200 and payload == {"rebooting_in_ms": 3000}
+    asked = time.monotonic()
     dev.wait_for(r"board: reset")
+    assert time.monotonic() - asked >= 2.9
     assert dev.proc.wait(30) == 0
 
     log = dev.log()
@@ -64,10 +76,14 @@ def test_desired_version_order_after_reconnect(hub, tmp_path, device):  # noqa: 
     dev = device(tmp_path / "flash")
     dev.wait_for(r"iothub: connected")
     dev.stop()
-    hub.service.update_twin("e2e-2", {"telemetryInterval": 3})
+    hub.service.update_twin("e2e-2", {"telemetry_interval": 3})
     dev2 = device(tmp_path / "flash")
     dev2.wait_for(r"app: telemetry every 3 s")
-    hub.service.update_twin("e2e-2", {"telemetryInterval": 4})
+    hub.service.update_twin("e2e-2", {"telemetry_interval": 4})
     dev2.wait_for(r"app: telemetry every 4 s")
     # the same patch seen twice (full twin, then patch) is applied once
     assert len([x for x in dev2.lines if "telemetry every 4 s" in x]) == 1
+    # the twin's old camelCase name still works, with a warning to rename it
+    hub.service.update_twin("e2e-2", {"telemetry_interval": None, "telemetryInterval": 6})
+    dev2.wait_for(r"app: telemetry every 6 s")
+    dev2.wait_for(r"app: desired telemetryInterval is the old name of telemetry_interval")

@@ -81,7 +81,7 @@ def test_session_on_board_sized_heap(hub, tmp_path, device, mp32, monkeypatch, m
     dev.wait_for(r"iothub: connected to %s as heap-1" % hub.hostname)
     _wait(lambda: len(_seqs(hub)) >= 3, dev)  # QoS 1: each acknowledged before the next goes
     assert hub.service.invoke_method("heap-1", "ping", {"x": 1}, timeout=30)[0] == 200
-    hub.service.update_twin("heap-1", {"telemetryInterval": 2})
+    hub.service.update_twin("heap-1", {"telemetry_interval": 2})
     dev.wait_for(r"app: telemetry every 2 s")
     seq = max(_seqs(hub))
     dev.wait_for(r"app: telemetry %d queued" % (seq + 2))

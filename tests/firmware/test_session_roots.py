@@ -11,6 +11,8 @@ import pytest
 
 from upyhub import sim
 
+from fwtools import wait_until
+
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +35,8 @@ def test_rotation_over_the_air(hub, tmp_path, device):  # noqa: F811
     provision(hub, tmp_path / "b", "rot-stale")
     dev = device(tmp_path / "a")
     dev.wait_for(r"iothub: connected ")
-    reported = hub.service.get_twin("rot-1")["properties"]["reported"]
-    assert "rootCerts" in reported
+    wait_until(lambda: "rootCerts" in hub.service.get_twin("rot-1")["properties"]["reported"],
+               what="rootCerts reported after the connection")
 
     hub_cli(hub, "rotate-ca")
     bundle = hub_cli(hub, "ca", "--all").encode()

@@ -20,7 +20,8 @@ GOOD = {"hostname": "myhub.azure-devices.net", "device_id": "dev-1", "gateway": 
 
 
 def run(run_mp, flash, mpy=False):
-    p = run_mp(LOAD % str(flash), mpy=mpy, heapsize="32K")
+    # Boards run .mpy (or frozen code) in 32K; the .py variant also pays for the compiler.
+    p = run_mp(LOAD % str(flash), mpy=mpy, heapsize="32K" if mpy else "48K")
     assert p.returncode == 0, p.stderr + p.stdout
     return json.loads(p.stdout)
 

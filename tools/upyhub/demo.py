@@ -3,10 +3,11 @@
 Starts the local hub (build/demo/hub), registers a device, writes its flash folder
 (build/demo/flash), runs boot.py + main.py from build/mpy on the unix port, and prints what the
 device logs and what reaches the hub. After a few readings it changes the desired
-`telemetryInterval` and calls the `ping` direct method, through the hub's service API.
+`telemetry_interval` and calls the `ping` direct method, through the hub's service API.
 Ctrl-C stops the device and the hub. `--messages N` stops by itself after N readings.
 """
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -30,13 +31,26 @@ def say(who, text):
         print("%-6s| %s" % (who, text), flush=True)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child between fork and exec only calls it
+_DEMO_PID = os.getpid()
+
+
+def _die_with_parent():
+    """preexec_fn: the child gets SIGTERM when the demo dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
+    if _libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        os._exit(70)
+    if os.getppid() != _DEMO_PID:  # the demo died before the line above: do not run at all
+        os._exit(71)
+
+
 def start_hub(data):
     subprocess.run([sys.executable, "-m", "upyhub", "hub", "init", "--data", str(data)], check=True,
                    capture_output=True, timeout=120)
     proc = subprocess.Popen([sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(data), "--bind",
                              "127.0.0.1", "--port", "0", "--https-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            start_new_session=True, preexec_fn=_die_with_parent,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
     for line in proc.stdout:
         if line.startswith("mqtt_port="):
             break
@@ -54,7 +68,7 @@ def _pump(proc, who):
 
 
 def boot_device():
-    dev = sim.start(DEMO / "flash", start_new_session=True)
+    dev = sim.start(DEMO / "flash", start_new_session=True, preexec_fn=_die_with_parent)
     threading.Thread(target=_pump, args=(dev, "device"), daemon=True).start()
     return dev
 
@@ -99,8 +113,8 @@ def main(argv=None):
                 say("hub", "telemetry from %s: %s  properties %s" % (m["deviceId"], m["body"],
                                                                         json.dumps(m["properties"])))
                 if seen == 3:
-                    say("demo", "service: set desired telemetryInterval = %g s" % (args.interval * 2))
-                    service.update_twin(DEVICE, {"telemetryInterval": args.interval * 2})
+                    say("demo", "service: set desired telemetry_interval = %g s" % (args.interval * 2))
+                    service.update_twin(DEVICE, {"telemetry_interval": args.interval * 2})
                     status, payload = service.invoke_method(DEVICE, "ping", {"from": "demo"}, timeout=30)
                     say("demo", "service: direct method ping -> %d %s" % (status, json.dumps(payload)))
             if args.messages and seen >= args.messages:

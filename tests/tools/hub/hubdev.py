@@ -85,3 +85,52 @@ class Device:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# --- raw MQTT over TLS, for clients that break the rules paho enforces ---
+def mqtt_str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return len(b).to_bytes(2, "big") + b
+
+
+def remaining_length(n):
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def connect_packet(hub, client_id, password, keepalive=60):
+    body = (mqtt_str("MQTT") + bytes([4, 0xC2]) + keepalive.to_bytes(2, "big") + mqtt_str(client_id)
+            + mqtt_str("%s/%s/?api-version=2021-04-12" % (hub.hostname, client_id)) + mqtt_str(password))
+    return bytes([0x10]) + remaining_length(len(body)) + body
+
+
+def publish_packet(topic, payload, qos=1, packet_id=1):
+    var = mqtt_str(topic) + (packet_id.to_bytes(2, "big") if qos else b"")
+    return bytes([0x30 | (qos << 1)]) + remaining_length(len(var) + len(payload)) + var + payload
+
+
+def raw_device(hub, device_id, key, source=None):
+    """A logged-in TLS socket speaking raw MQTT (CONNACK checked); the caller closes it."""
+    import socket
+    raw = socket.create_connection((hub.host, hub.mqtt_port), timeout=60, source_address=source)
+    s = ssl.create_default_context(cafile=str(hub.ca_path)).wrap_socket(raw, server_hostname=hub.hostname)
+    s.sendall(connect_packet(hub, device_id, token(hub, device_id, key)))
+    assert s.recv(4) == bytes([0x20, 2, 0, 0])
+    return s
+
+
+def closed_by_peer(sock, timeout=WAIT):
+    """True once the other side closed the connection (EOF or reset), reading whatever it still sends."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:  # reset, or a TLS error from the cut
+        pass
+    return True

@@ -22,21 +22,26 @@ def ok(data, *args):
     return out.stdout
 
 
-def bad(data, *args):
+def bad(data, *args, status=2):
+    """A usage error (2) or, with status=1, a failure at run time: one line on stderr either way."""
     out = run(data, *args)
-    assert out.returncode == 2, (args, out.returncode, out.stdout, out.stderr)
+    assert out.returncode == status, (args, out.returncode, out.stdout, out.stderr)
     assert out.stderr.startswith("upyhub: error: ") and out.stderr.count("\n") == 1, out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
     return out.stderr
+
+
+def fails(data, *args):
+    return bad(data, *args, status=1)
 
 
 def test_offline_verbs(tmp_path):
     d = tmp_path / "hub"
-    bad(d, "device", "list")  # no hub yet
-    bad(d, "serve", "--port", "0")
+    fails(d, "device", "list")  # no hub yet
+    fails(d, "serve", "--port", "0")
     assert "ca-1.pem" in ok(d, "init")
     ca = (d / "pki" / "ca-1.pem").read_bytes()
-    assert "already exists" in bad(d, "init")
+    assert "already exists" in fails(d, "init")
     assert (d / "pki" / "ca-1.pem").read_bytes() == ca  # nothing overwritten
     assert ok(d, "ca").strip() == str(d / "pki" / "ca-1.pem")
     assert ok(d, "ca", "--pem").strip() == ca.decode().strip()
@@ -64,15 +69,15 @@ def test_offline_verbs(tmp_path):
     assert "SharedAccessKeyName=service;" in ok(d, "policy", "show", "service", "--connection-string")
 
     # bad input: one line, exit 2, nothing written
-    bad(d, "device", "add", "dev1")  # exists
+    fails(d, "device", "add", "dev1")  # exists
     bad(d, "device", "add", "bad/id")
     bad(d, "device", "add", "dev9", "--primary-key", "not base64!")
     bad(d, "device", "add", "dev9", "--auth", "selfSigned")  # no cert or thumbprint
     bad(d, "device", "add", "dev9", "--auth", "selfSigned", "--primary-thumbprint", "xyz")
-    bad(d, "device", "show", "nosuch")
-    bad(d, "device", "remove", "nosuch")
-    bad(d, "policy", "show", "nosuch")
-    bad(d, "ca", "--pending")
+    fails(d, "device", "show", "nosuch")
+    fails(d, "device", "remove", "nosuch")
+    fails(d, "policy", "show", "nosuch")
+    fails(d, "ca", "--pending")
     bad(d, "serve", "--port", "70000")
     bad(d, "device", "frobnicate")
     bad(d, "init", "--hostname", "not a hostname")
@@ -81,7 +86,7 @@ def test_offline_verbs(tmp_path):
     ok(d, "device", "remove", "dev1")
     assert "no devices" in ok(d, "device", "list")
     assert "created CA 2" in ok(d, "rotate-ca")
-    bad(d, "rotate-ca")  # one is already waiting
+    fails(d, "rotate-ca")  # one is already waiting
     assert "CA 2" in ok(d, "rotate-ca", "--activate")
     assert ok(d, "ca").strip().endswith("ca-2.pem")
     assert (d / "pki" / "ca-1.pem").read_bytes() == ca  # kept for devices still pinned to it
@@ -97,7 +102,7 @@ def test_service_verbs_against_a_running_hub(hub):
     # offline: the C2D message is queued, the method is a 404
     assert "queued message" in ok(d, "c2d", "send", "cli-dev", "hello", "--prop", "k=v")
     assert hub.service.get_device("cli-dev")["cloudToDeviceMessageCount"] == 1
-    assert "404" in bad(d, "method", "invoke", "cli-dev", "reboot", "--timeout", "2")
+    assert "404" in fails(d, "method", "invoke", "cli-dev", "reboot", "--timeout", "2")
     twin = json.loads(ok(d, "twin", "update", "cli-dev", '{"interval": 9}'))
     assert twin["properties"]["desired"]["interval"] == 9
     assert json.loads(ok(d, "twin", "show", "cli-dev"))["properties"]["desired"]["interval"] == 9
@@ -105,9 +110,9 @@ def test_service_verbs_against_a_running_hub(hub):
     bad(d, "twin", "update", "cli-dev", "[1]")
     bad(d, "c2d", "send", "cli-dev", "x", "--prop", "novalue")
     bad(d, "method", "invoke", "cli-dev", "m", "--payload", "{")
-    assert "404" in bad(d, "twin", "show", "nosuch")
+    assert "404" in fails(d, "twin", "show", "nosuch")
     # a policy without ServiceConnect is refused by the hub
-    assert "401" in bad(d, "twin", "update", "cli-dev", "{}", "--connection-string",
+    assert "401" in fails(d, "twin", "update", "cli-dev", "{}", "--connection-string",
                         hub.connection_string("registryRead"))
 
     key = json.loads(ok(d, "device", "show", "cli-dev", "--keys"))["authentication"]["symmetricKey"]["primaryKey"]
@@ -121,3 +126,41 @@ def test_service_verbs_against_a_running_hub(hub):
         lines = ok(d, "monitor", "--from-start", "--count", "1", "--device", "cli-dev").splitlines()
         event = json.loads(lines[0])
         assert event["deviceId"] == "cli-dev" and event["body"] == '{"t": 20}' and event["properties"] == {"unit": "C"}
+
+
+def test_output_formats_and_run_time_failures(tmp_path):
+    d = tmp_path / "hub"
+    ok(d, "init")
+    ok(d, "device", "add", "fmt1")
+    ok(d, "device", "add", "fmt2", "--auth", "selfSigned", "--primary-thumbprint", "AB" * 20)
+    listed = json.loads(ok(d, "device", "list", "-o", "json"))
+    assert [x["deviceId"] for x in listed] == ["fmt1", "fmt2"]
+    assert all("symmetricKey" not in x["authentication"] for x in listed)
+    table = ok(d, "device", "list").splitlines()
+    assert table[0].split()[:3] == ["deviceId", "status", "authenticationType"] and len(table) == 4
+    assert json.loads(ok(d, "device", "show", "fmt1", "-o", "json"))["deviceId"] == "fmt1"
+    assert ok(d, "device", "show", "fmt2", "-o", "table").splitlines()[2].split()[:3] == \
+        ["fmt2", "enabled", "selfSigned"]
+    policies = json.loads(ok(d, "policy", "list", "-o", "json"))
+    assert {"keyName": "registryRead", "rights": ["RegistryRead"]} in policies
+    assert ok(d, "policy", "show", "service", "-o", "table").splitlines()[2].split() == ["service", "ServiceConnect"]
+    bad(d, "device", "list", "-o", "yaml")
+    # the network, one line each, exit 1
+    assert "connection refused" in fails(d, "twin", "show", "fmt1", "--host", "127.0.0.1", "--https-port", "9")
+    assert "cannot resolve" in fails(d, "twin", "show", "fmt1", "--host", "no.such.host.invalid",
+                                     "--https-port", "9")
+    assert "no local hub is running" in fails(d, "c2d", "send", "fmt1", "x")
+    (tmp_path / "a-file").write_text("")
+    assert "Not a directory" in fails(tmp_path / "a-file" / "hub", "init")
+    # every option of every hub verb says what it does
+    from upyhub.cli import build_parser
+    parser = build_parser()
+    hub = parser._subparsers._group_actions[0].choices["hub"]
+    stack = [hub]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if action.choices and isinstance(action.choices, dict):
+                stack.extend(action.choices.values())
+            elif action.dest != "help":
+                assert action.help, (p.prog, action.dest)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from hubdev import Device, token, wait_for
+from hubdev import Device, mqtt_str, token, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -167,11 +167,6 @@ def test_device_ca_registered_with_ca_trust(mhub, tmp_path):
     assert cli(mhub, "ca", "--trust", str(tmp_path / "factory.pem")).returncode == 0
     with Device(mhub, "x-ext", None, cert=(crt, keyf)) as d:
         assert d.wait_connack() == 0
-
-
-def mqtt_str(s):
-    b = s.encode()
-    return len(b).to_bytes(2, "big") + b
 
 
 def test_silent_client_dropped_after_keepalive(mhub):

@@ -11,6 +11,7 @@ def main(names):
         if name not in mods:
             print("upyhub bench: no benchmark %r (have: %s)" % (name, ", ".join(mods)), file=sys.stderr)
             return 2
+        print("== bench %s" % name, flush=True)
         importlib.import_module("upyhub.bench." + name).run()
     return 0
 

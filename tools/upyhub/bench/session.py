@@ -30,7 +30,7 @@ transport.reserve()
 from iothub import config
 cfg, sec = config.load(board.flash_root())
 from iothub.session import Session
-s = Session(cfg, sec, transport.lazy_roots(board.flash_root(), cfg["certs_dir"]), log=lambda m: None)
+s = Session(cfg, sec, root=board.flash_root(), log=lambda m: None)
 s.send('%s' %% 0)
 while s.pending() or not s.connected:
     s.poll(5)

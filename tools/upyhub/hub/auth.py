@@ -5,12 +5,11 @@ CONNACK codes follow Azure: 4 (bad username or password) when the CONNECT is mal
 (username not `{hostname}/{clientId}/?...`, password not a SAS token), 5 (not authorized) when the
 credentials are well formed but do not grant this device (unknown, disabled, wrong key, expired, ...).
 """
-import datetime
 import time
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
+from OpenSSL import crypto
 
 from upyhub import sas
 from upyhub.errors import UsageError
@@ -36,6 +35,21 @@ def _scope_ok(sr, hostname, device_id=None):
     return sr in allowed
 
 
+def parse_token(text):
+    """A SAS token from a client; UsageError (its reason never echoes the token) when malformed.
+
+    On top of sas.parse: `se` must be ASCII digits of sane length (str.isdigit() also takes other scripts'
+    digits, which int() may refuse), so no client-chosen value reaches arithmetic as anything odd.
+    """
+    try:
+        tok = sas.parse(text)
+    except ValueError:
+        raise UsageError("malformed SharedAccessSignature token") from None
+    if not isinstance(tok.se, int) or tok.se >= 10 ** 12:
+        raise UsageError("SharedAccessSignature token has an out-of-range se")
+    return tok
+
+
 def _signed_by(token, *keys_b64):
     for k in keys_b64:
         if k and token.valid_signature(sas.decode_key(k)):
@@ -52,7 +66,7 @@ def check_username(username, client_id, hostname):
         raise Refused(BAD_CREDENTIALS, "username is not {hostname}/{clientId}/?...")
 
 
-def device(registry, hostname, client_id, username, password, peer_der, now=None):
+def device(registry, hostname, client_id, username, password, peer_der, now=None, chain=()):
     """Authenticate a device CONNECT; returns (how, token expiry or None), or raises Refused."""
     if not client_id:
         raise Refused(BAD_CREDENTIALS, "empty client id")
@@ -64,7 +78,7 @@ def device(registry, hostname, client_id, username, password, peer_der, now=None
         raise Refused(NOT_AUTHORIZED, "device is disabled")
     if password:
         try:
-            tok = sas.parse(password.decode() if isinstance(password, bytes) else password)
+            tok = parse_token(password.decode() if isinstance(password, bytes) else password)
         except (UsageError, UnicodeDecodeError):
             raise Refused(BAD_CREDENTIALS, "password is not a SAS token") from None
         if not _scope_ok(tok.sr, hostname, client_id):
@@ -90,56 +104,60 @@ def device(registry, hostname, client_id, username, password, peer_der, now=None
     if not peer_der:
         raise Refused(NOT_AUTHORIZED, "no password and no client certificate")
     if dev["auth"] == "selfSigned":
-        if not {dev["primary_thumb"], dev["secondary_thumb"]} & set(pki.thumbprints(peer_der)):
-            raise Refused(NOT_AUTHORIZED, "client certificate thumbprint does not match")
+        thumbs = {t.upper() for t in (dev["primary_thumb"], dev["secondary_thumb"]) if t}
+        if not thumbs & set(pki.thumbprints(peer_der)):
+            raise Refused(NOT_AUTHORIZED,
+                          "client certificate thumbprint does not match (neither primary nor secondary)")
         return "X.509 thumbprint", None
     if dev["auth"] == "certificateAuthority":
-        return _ca_chain(registry, client_id, peer_der), None
+        return _ca_chain(registry, client_id, peer_der, chain), None
     raise Refused(NOT_AUTHORIZED, "device uses SAS keys, not a certificate")
 
 
-def _ca_chain(registry, device_id, der):
-    """certificateAuthority: CN = device id, issued directly by one of the hub's CAs or trusted device CAs."""
-    cert = x509.load_der_x509_certificate(der)
+def _ca_chain(registry, device_id, der, chain):
+    """certificateAuthority: CN = device id, and a valid chain (intermediates sent by the device) to a CA
+    the hub holds (its own generations, or one registered with `hub ca --trust`). OpenSSL checks the chain:
+    signatures, validity dates, CA:TRUE and path lengths of every issuer."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise Refused(NOT_AUTHORIZED, "client certificate is not a valid X.509 certificate") from None
     cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if cns != [device_id]:
         raise Refused(NOT_AUTHORIZED, "client certificate CN is not the device id")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise Refused(NOT_AUTHORIZED, "client certificate is not valid now")
-    store = pki.PKI(registry.data_dir)
-    cas = store.all_cas()
-    for pem in store.trust_pems():
-        try:
-            c = x509.load_pem_x509_certificate(pem)
-        except ValueError:
-            continue
-        if pki.is_ca(c):
-            cas.append(c)
-    for ca in cas:
-        try:
-            cert.verify_directly_issued_by(ca)
-            return "X.509 CA"
-        except (ValueError, TypeError, InvalidSignature):  # not this CA: try the next one
-            continue
-    raise Refused(NOT_AUTHORIZED, "client certificate is not issued by a registered CA")
+    store = crypto.X509Store()
+    for ca in pki.PKI(registry.data_dir).issuers():
+        store.add_cert(crypto.X509.from_cryptography(ca))
+    leaf_der = pki.der(cert)
+    untrusted = [crypto.X509.from_cryptography(c) for c in chain if pki.der(c) != leaf_der][:8]
+    try:
+        crypto.X509StoreContext(store, crypto.X509.from_cryptography(cert), untrusted).verify_certificate()
+    except crypto.X509StoreContextError as e:
+        raise Refused(NOT_AUTHORIZED, "client certificate does not chain to a registered CA (%s)"
+                      % (e.args[0] if e.args else "invalid")) from None
+    return "X.509 CA"
 
 
 # --- service side ---
 class Denied(Exception):
-    def __init__(self, reason):
+    """A service request refused: malformed (a SharedAccessSignature that does not parse: HTTP 400) or not
+    authorized (HTTP 401)."""
+
+    def __init__(self, reason, malformed=False):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.malformed = reason, malformed
 
 
 def service(registry, hostname, header, need, now=None):
     """Check an Authorization header against the policies; `need` is a set of permissions (any one suffices)."""
     if not header:
         raise Denied("no Authorization header")
+    if not header.startswith(sas.PREFIX):
+        raise Denied("Authorization is not a SAS token")
     try:
-        tok = sas.parse(header)
-    except UsageError:
-        raise Denied("Authorization is not a SAS token") from None
+        tok = parse_token(header)
+    except UsageError as e:
+        raise Denied(str(e), malformed=True) from None
     if not tok.skn:
         raise Denied("token has no skn (a service call needs a shared access policy)")
     policy = registry.get_policy(tok.skn)

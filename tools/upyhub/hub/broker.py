@@ -9,25 +9,175 @@ traffic comes from the hub), so the session part of amqtt's Broker is replaced h
   may not use, or QoS 2, closes the connection before any PUBACK (amqtt acks and drops it).
 - SUBSCRIBE is checked against the device's own filters, at most 5; anything else closes the connection.
 - Keep-alive: the connection is closed after 1.5 x the client's keep-alive without traffic (cap 1767 s).
+- Abuse: TCP_NODELAY on every connection; per-address cap on connections not logged in yet; TLS within
+  5 s and CONNECT within 5 s of accept; every packet's size checked from its fixed header before its body
+  is read (FramedReader), wildcards in a PUBLISH topic and malformed packets close the connection.
 """
 import asyncio
-import functools
+import collections
 import logging
+import socket
+import ssl
 
+from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connack import CONNECTION_ACCEPTED, ConnackPacket
+from amqtt.mqtt.packet import CONNECT, PUBLISH
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.suback import SubackPacket
 from amqtt.mqtt.unsuback import UnsubackPacket
+from amqtt.events import MQTTEvents
 
 from upyhub.hub import auth, engine
 
 log = logging.getLogger("upyhub.hub")
-CONNECT_TIMEOUT = 30
+HANDSHAKE_TIMEOUT = 5  # seconds from TCP accept to a finished TLS handshake
+CONNECT_TIMEOUT = 5  # seconds from the handshake to a complete CONNECT
+PENDING_PER_ADDRESS = 100  # connections from one address not yet logged in (TLS or CONNECT under way)
 KEEPALIVE_CAP = 1767
-MAX_MESSAGE = 256 * 1024  # IoT Hub's device-to-cloud limit
+MAX_MESSAGE = 256 * 1024  # IoT Hub's device-to-cloud limit (the PUBLISH payload)
+MAX_CONNECT = 64 * 1024  # a CONNECT: client id, username, SAS token, an optional will
+MAX_CONTROL = 16 * 1024  # SUBSCRIBE, UNSUBSCRIBE, acks, pings
+
+
+class Gate:
+    """Connections per remote address that have not logged in yet; a cap keeps one address from holding many."""
+
+    def __init__(self, cap=PENDING_PER_ADDRESS):
+        self.cap = cap
+        self.pending = collections.Counter()
+
+    def enter(self, addr):
+        if self.pending[addr] >= self.cap:
+            return None
+        self.pending[addr] += 1
+        return _Ticket(self, addr)
+
+
+class _Ticket:
+    def __init__(self, gate, addr):
+        self.gate, self.addr, self.held = gate, addr, True
+
+    def release(self):
+        if self.held:
+            self.held = False
+            self.gate.pending[self.addr] -= 1
+            if self.gate.pending[self.addr] <= 0:
+                del self.gate.pending[self.addr]
+
+
+class Violation(Exception):
+    """A packet the hub will not read: the connection is closed (reason logged)."""
+
+
+class FramedReader(ReaderAdapter):
+    """The device's byte stream cut into whole MQTT packets, each checked before its body is read.
+
+    amqtt parses packets field by field straight off the socket; this sits in between and reads the fixed
+    header first: a packet larger than its type allows, a PUBLISH whose payload is over 256 KB, whose topic
+    holds a wildcard or is not UTF-8, or QoS 3, is refused before its body is read, and the connection ends
+    (amqtt sees the end of the stream). end_packet(), called after amqtt parsed each packet, ends the
+    connection too when amqtt left bytes of the packet unread (malformed), so a packet's body is never
+    parsed as further packets.
+    """
+
+    def __init__(self, reader, ticket=None):
+        self._reader = reader
+        self.ticket = ticket
+        self._buf = b""
+        self._pos = 0
+        self.refused = None  # reason, once the stream was cut
+        self.label = None  # who is on the other end, for the log
+
+    async def read(self, n=-1):
+        if self.refused:
+            return b""
+        if self._pos >= len(self._buf):
+            try:
+                self._buf, self._pos = await self._next_packet(), 0
+            except Violation as v:
+                self._refuse(str(v))
+                return b""
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+                return b""
+        if n < 0 or self._pos + n > len(self._buf):
+            if n > 0:  # amqtt wants more than this packet holds: malformed
+                self._refuse("malformed packet (fields run past its length)")
+                return b""
+            n = len(self._buf) - self._pos
+        data = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return data
+
+    def end_packet(self):
+        if not self.refused and self._pos < len(self._buf):
+            self._refuse("malformed packet (%d bytes past its fields)" % (len(self._buf) - self._pos))
+
+    def _refuse(self, reason):
+        self.refused = reason
+        self._buf, self._pos = b"", 0
+        log.warning("closing %s: %s", self.label or "a connection", reason)
+
+    async def _next_packet(self):
+        head = await self._reader.readexactly(1)
+        length, mult, raw = 0, 1, bytearray()
+        for _ in range(4):
+            b = (await self._reader.readexactly(1))[0]
+            raw.append(b)
+            length += (b & 0x7F) * mult
+            mult *= 128
+            if not b & 0x80:
+                break
+        else:
+            raise Violation("malformed remaining length")
+        ptype, flags = head[0] >> 4, head[0] & 0x0F
+        header = head + bytes(raw)
+        if ptype != PUBLISH:
+            limit = MAX_CONNECT if ptype == CONNECT else MAX_CONTROL
+            if length > limit:
+                raise Violation("packet type %d of %d bytes (limit %d)" % (ptype, length, limit))
+            return header + (await self._reader.readexactly(length) if length else b"")
+        qos = (flags >> 1) & 3
+        if qos == 3:
+            raise Violation("PUBLISH with QoS 3")
+        if length < 2:
+            raise Violation("malformed PUBLISH")
+        tlen_raw = await self._reader.readexactly(2)
+        tlen = int.from_bytes(tlen_raw, "big")
+        fixed = 2 + tlen + (2 if qos else 0)
+        if fixed > length:
+            raise Violation("malformed PUBLISH (topic longer than the packet)")
+        payload = length - fixed
+        if payload > MAX_MESSAGE:  # before reading the payload: a huge packet costs nothing
+            raise Violation("message of %d bytes (limit 256 KB)" % payload)
+        topic = await self._reader.readexactly(tlen)
+        try:
+            text = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Violation("PUBLISH topic is not UTF-8") from None
+        if not text or "#" in text or "+" in text or "\0" in text:
+            raise Violation("PUBLISH topic is empty or holds a wildcard or NUL")
+        return header + tlen_raw + topic + await self._reader.readexactly(length - 2 - tlen)
+
+    def feed_eof(self):
+        self._reader.feed_eof()
+
+
+class _PacketHook:
+    """amqtt's plugin manager as a handler sees it, telling the FramedReader when a packet was parsed."""
+
+    def __init__(self, inner, reader):
+        self._inner, self._reader = inner, reader
+
+    async def fire_event(self, event, *args, **kwargs):
+        if event == MQTTEvents.PACKET_RECEIVED:
+            self._reader.end_packet()
+        return await self._inner.fire_event(event, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
 
 
 class HubHandler(BrokerProtocolHandler):
@@ -91,29 +241,94 @@ class HubHandler(BrokerProtocolHandler):
         self.close("keep-alive expired")
 
 
-class HubBroker(Broker):
-    """amqtt's Broker on a socket bound by the caller (port 0 without a race), with the hub's TLS contexts."""
+class _Pending(asyncio.Protocol):
+    """A TCP connection just accepted: reading paused until the hub starts TLS on it (nothing is read before)."""
 
-    def __init__(self, config, hub, tls, sock):
+    def __init__(self, broker, listener_name):
+        self.broker, self.listener_name = broker, listener_name
+
+    def connection_made(self, transport):
+        transport.pause_reading()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay on small acks
+        self.broker.accepted(transport, self.listener_name)
+
+    def connection_lost(self, exc):
+        pass  # before TLS started: the task starting it sees the closed transport
+
+
+class HubBroker(Broker):
+    """amqtt's Broker on a socket bound by the caller (port 0 without a race), with the hub's TLS and limits.
+
+    Each accepted connection gets a per-address ticket (Gate) until it has logged in; TLS must finish within
+    HANDSHAKE_TIMEOUT and the CONNECT arrive within CONNECT_TIMEOUT; then amqtt's session machinery runs
+    with IoT Hub's rules (below).
+    """
+
+    def __init__(self, config, hub, tls, sock, pending_per_address=PENDING_PER_ADDRESS):
         self.hub, self.tls, self.sock = hub, tls, sock
+        self.gate = Gate(pending_per_address)
+        self._conn_tasks = set()
         super().__init__(config)
 
     def _create_ssl_context(self, listener):
         return self.tls.mqtt_listener
 
     async def _create_server_instance(self, listener_name, listener_type, address, port, ssl_context):
-        return await asyncio.start_server(functools.partial(self.stream_connected, listener_name=listener_name),
-                                          sock=self.sock, ssl=ssl_context)
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(lambda: _Pending(self, listener_name), sock=self.sock)
 
     def port(self, listener="default"):
         return self._servers[listener].instance.sockets[0].getsockname()[1]
 
+    def accepted(self, transport, listener_name):
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        ticket = self.gate.enter(peer[0])
+        if ticket is None:
+            log.warning("refused a connection from %s: %d connections from there are not logged in yet",
+                        peer[0], self.gate.cap)
+            transport.abort()
+            return
+        task = asyncio.ensure_future(self._serve(transport, ticket, listener_name, peer))
+        self._conn_tasks.add(task)
+        task.add_done_callback(self._conn_tasks.discard)
+
+    async def _serve(self, transport, ticket, listener_name, peer):
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_CONTROL, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            try:
+                tls = await loop.start_tls(transport, protocol, self.tls.mqtt_listener, server_side=True,
+                                           ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            except Exception as exc:  # timeout, TLS alert, reset: one (rate-limited) line, never a traceback
+                log.warning("TLS handshake with %s:%s failed: %s", peer[0], peer[1], _why(exc))
+                transport.abort()
+                return
+            protocol.connection_made(tls)
+            writer = asyncio.StreamWriter(tls, protocol, reader, loop)
+            framed = FramedReader(reader, ticket)
+            framed.label = "%s:%s" % peer[:2]
+            try:
+                await self._client_connected(listener_name, framed, StreamWriterAdapter(writer))
+            except Exception as exc:  # one broken connection must not take the broker down
+                log.warning("connection from %s:%s ended: %s", peer[0], peer[1], type(exc).__name__)
+            if not tls.is_closing():
+                tls.abort()
+        finally:
+            ticket.release()
+
     async def _initialize_client_session(self, reader, writer, remote_address, remote_port):
         try:
-            return await asyncio.wait_for(HubHandler.init_from_connect(reader, writer, self.plugins_manager),
-                                          CONNECT_TIMEOUT)
-        except (AMQTTError, MQTTError, NoDataError, asyncio.TimeoutError, ConnectionError) as exc:
-            log.info("refused %s: not an MQTT 3.1.1 CONNECT (%s)", remote_address, type(exc).__name__)
+            return await asyncio.wait_for(
+                HubHandler.init_from_connect(reader, writer, _PacketHook(self.plugins_manager, reader)),
+                CONNECT_TIMEOUT)
+        except (AMQTTError, MQTTError, NoDataError, asyncio.TimeoutError, ConnectionError, ValueError,
+                UnicodeDecodeError) as exc:
+            why = reader.refused or ("no CONNECT within %d s" % CONNECT_TIMEOUT
+                                     if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__)
+            log.info("refused %s:%s: not an MQTT 3.1.1 CONNECT (%s)", remote_address, remote_port, why)
             await writer.close()
             raise AMQTTError("bad CONNECT") from None
 
@@ -121,15 +336,18 @@ class HubBroker(Broker):
         try:
             await self._device_session(reader, writer, session, handler)
         except Exception as exc:  # one broken connection must not take the broker down
-            log.warning("connection of %s ended: %s", session.client_id, type(exc).__name__)
+            log.warning("connection of %r ended: %s", session.client_id, type(exc).__name__)
             await writer.close()
 
     async def _device_session(self, reader, writer, session, handler):
         cid = session.client_id
         peer = "%s:%s" % (session.remote_address, session.remote_port)
-        der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
+        ssl_object = session.ssl_object
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        chain = ssl_object.peer_chain() if der and hasattr(ssl_object, "peer_chain") else []
         try:
-            how, handler.expires = auth.device(self.hub.registry, self.hub.hostname, cid, session.username, session.password, der)
+            how, handler.expires = auth.device(self.hub.registry, self.hub.hostname, cid, session.username,
+                                               session.password, der, chain=chain)
         except auth.Refused as r:
             log.warning("refused %r from %s: %s (CONNACK %d)", cid, peer, r.reason, r.code)
             try:
@@ -138,6 +356,10 @@ class HubBroker(Broker):
             except ConnectionError:
                 pass  # the client did not wait for the answer
             return
+        finally:
+            if reader.ticket:
+                reader.ticket.release()  # logged in (or refused): no longer counts against its address
+        reader.label = repr(cid)
         old = self._sessions.get(cid)
         if old is not None:
             log.info("%s connected again from %s: dropping its previous connection", cid, peer)
@@ -161,3 +383,15 @@ class HubBroker(Broker):
                 del self._sessions[cid]
             self.hub.disconnected(handler)
             log.info("disconnected %s", cid)
+
+    async def shutdown(self):
+        for task in list(self._conn_tasks):
+            task.cancel()
+        await asyncio.gather(*self._conn_tasks, return_exceptions=True)
+        await super().shutdown()
+
+
+def _why(exc):
+    if isinstance(exc, (asyncio.TimeoutError, ConnectionAbortedError)):
+        return "no TLS handshake within %d s" % HANDSHAKE_TIMEOUT
+    return getattr(exc, "reason", None) or str(exc) or type(exc).__name__

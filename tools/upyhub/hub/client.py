@@ -17,6 +17,7 @@ import urllib.parse
 
 from upyhub import sas
 from upyhub.errors import UsageError
+from upyhub.hub import HubError
 
 API = "api-version=2021-04-12"
 
@@ -25,6 +26,25 @@ class ServiceError(Exception):
     def __init__(self, status, message):
         super().__init__("HTTP %d: %s" % (status, message))
         self.status, self.message = status, message
+
+
+def describe_network_error(exc, host, port):
+    """One line for a failure to talk to the service API at host:port (never a key or token)."""
+    where = "%s:%s" % (host, port)
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve %s (%s)" % (host, exc.strerror or "unknown host")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "the service API at %s does not present a certificate the hub CA verifies (%s)" % (
+            where, exc.verify_message or "verification failed")
+    if isinstance(exc, ssl.SSLError):
+        return "TLS with the service API at %s failed (%s)" % (where, exc.reason or type(exc).__name__)
+    if isinstance(exc, ConnectionRefusedError):
+        return "nothing listens on %s (connection refused): is the hub running?" % where
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "no answer from %s (timed out)" % where
+    if isinstance(exc, http.client.HTTPException):
+        return "the service API at %s broke off its answer (%s)" % (where, type(exc).__name__)
+    return "cannot reach the service API at %s: %s" % (where, exc.strerror or type(exc).__name__)
 
 
 class _Conn(http.client.HTTPSConnection):
@@ -87,10 +107,16 @@ class ServiceClient:
             data = resp.read()
         finally:
             conn.close()
-        doc = json.loads(data) if data else None
+        try:
+            doc = json.loads(data) if data else None
+        except ValueError:
+            doc = None
         if resp.status >= 300:
-            msg = doc.get("Message", "") if isinstance(doc, dict) else data.decode("utf-8", "replace")[:200]
+            msg = (doc.get("ExceptionMessage") or doc.get("Message", "")) if isinstance(doc, dict) \
+                else data.decode("utf-8", "replace")[:200]
             raise ServiceError(resp.status, msg)
+        if data and doc is None:
+            raise ServiceError(resp.status, "the answer is not JSON")
         return doc
 
     # registry
@@ -116,9 +142,11 @@ class ServiceClient:
     def get_twin(self, device_id):
         return self.request("GET", "/twins/" + sas.quote(device_id))
 
-    def update_twin(self, device_id, desired, etag=None):
-        return self.request("PATCH", "/twins/" + sas.quote(device_id), {"properties": {"desired": desired}},
-                            {"If-Match": etag} if etag else None)
+    def update_twin(self, device_id, desired, etag=None, tags=None):
+        body = {"properties": {"desired": desired}} if desired is not None else {}
+        if tags is not None:
+            body["tags"] = tags
+        return self.request("PATCH", "/twins/" + sas.quote(device_id), body, {"If-Match": etag} if etag else None)
 
     # direct methods, C2D, telemetry
     def invoke_method(self, device_id, name, payload=None, timeout=30):
@@ -156,10 +184,10 @@ def local(data_dir, policy="service", *, host=None, port=None, ca=None, connecti
     info = json.loads(serve.read_text()) if serve.is_file() else {}
     port = port or info.get("https_port")
     if not port:
-        raise UsageError("no local hub is running with data folder %s: start it with `upyhub hub serve --data %s` "
+        raise HubError("no local hub is running with data folder %s: start it with `upyhub hub serve --data %s` "
                          "(or give --https-port and --host)" % (data, data))
     if not (data / "hub.db").exists():
-        raise UsageError("no hub in %s: run `upyhub hub init` first" % data)
+        raise HubError("no hub in %s: run `upyhub hub init` first" % data)
     pki = PKI(data)
     if not connection_string:
         reg = Registry(data)

@@ -1,7 +1,7 @@
 """What IoT Hub does with device traffic: telemetry, twins, direct methods, cloud-to-device messages.
 
 The MQTT layer (broker.py) calls on_publish/on_subscribed; the service API (service.py) calls
-invoke_method/update_desired/send_c2d. Device-bound messages go only to topics the device subscribed,
+invoke_method/update_twin/send_c2d. Device-bound messages go only to topics the device subscribed,
 as on Azure.
 """
 import asyncio
@@ -11,6 +11,8 @@ import logging
 import time
 import urllib.parse
 
+from upyhub.errors import UsageError
+from upyhub.hub import logs
 from upyhub.sas import quote
 
 log = logging.getLogger("upyhub.hub")
@@ -70,6 +72,7 @@ class Hub:
         self._methods = {}  # (device id, rid) -> (future, handler it was sent to)
         self._c2d_locks = {}
         self.telemetry_event = asyncio.Event()  # set on each stored message (monitor long-poll)
+        self.stopping = asyncio.Event()  # set when the hub stops: long-polls answer at once
 
     # --- connections ---
     def connected(self, handler):
@@ -88,6 +91,7 @@ class Hub:
         """Drop connections whose token expired, or whose device was disabled or removed (e.g. by the CLI)."""
         while True:
             await asyncio.sleep(period)
+            logs.flush()
             now = time.time()
             for dev, handler in list(self.connections.items()):
                 row = self.registry.get_device(dev)
@@ -113,19 +117,21 @@ class Hub:
             twin = self.registry.get_twin(dev)
             if twin is None:  # removed from the registry while connected: the sweeper closes it
                 return True
-            await self.send(handler, "$iothub/twin/res/200/?$rid=%s" % quote(rid),
-                            json.dumps(twin["properties"]).encode())
+            await self.send(handler, "$iothub/twin/res/200/?$rid=%s" % quote(rid), json.dumps(twin).encode())
             return True
         if topic.startswith("$iothub/twin/PATCH/properties/reported/"):
             rid = query(topic).get("$rid", "")
             try:
                 patch = json.loads(bytes(data) or b"null")
                 if not isinstance(patch, dict):
-                    raise ValueError
-            except ValueError:
-                await self.send(handler, "$iothub/twin/res/400/?$rid=%s" % quote(rid), b"")
+                    raise UsageError("a reported patch is a JSON object")
+                version = self.registry.patch_reported(dev, patch)
+            except (ValueError, RecursionError, UsageError) as e:  # bad JSON, too deep, too large
+                reason = str(e) if isinstance(e, UsageError) else "not JSON (or nested too deep to read)"
+                log.info("twin reported patch from %s refused: %s", dev, reason)
+                await self.send(handler, "$iothub/twin/res/400/?$rid=%s" % quote(rid),
+                                json.dumps({"message": reason}).encode())
                 return True
-            version = self.registry.patch_reported(dev, patch)
             if version is None:
                 return True
             await self.send(handler, "$iothub/twin/res/204/?$rid=%s&$version=%d" % (quote(rid), version), b"")
@@ -181,17 +187,22 @@ class Hub:
 
     # --- service -> device ---
     async def send_c2d(self, device_id, body, properties):
+        """Queue a C2D message (registry.QueueFull at IoT Hub's depth) and deliver it if the device is online."""
         seq = self.registry.enqueue_c2d(device_id, body, properties)
         asyncio.ensure_future(self.flush_c2d(device_id))
         return seq
 
-    async def update_desired(self, device_id, patch, if_match=None):
-        version = self.registry.patch_desired(device_id, patch, if_match)
-        if version is None:
+    async def update_twin(self, device_id, *, tags=None, desired=None, replace=False, if_match=None):
+        """The service's twin PATCH (merge) or PUT (replace); a desired change is pushed to the device."""
+        version = self.registry.update_twin(device_id, tags=tags, desired=desired, replace=replace,
+                                            if_match=if_match)
+        if version is None or desired is None:
             return None
         handler = self.connections.get(device_id)
         if handler is not None:
-            body = dict({k: v for k, v in patch.items() if not k.startswith("$")}, **{"$version": version})
+            if replace:
+                desired = self.registry.get_twin(device_id)["desired"]
+            body = dict({k: v for k, v in desired.items() if not k.startswith("$")}, **{"$version": version})
             topic = "$iothub/twin/PATCH/properties/desired/?$version=%d" % version
             asyncio.ensure_future(self.send(handler, topic, json.dumps(body).encode()))
         return version

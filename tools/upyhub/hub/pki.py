@@ -4,7 +4,10 @@ Layout under DATA/pki/:
   ca-N.pem, ca-N.key          root CA of generation N (never deleted: devices may still pin it)
   server-N.pem, server-N.key  server certificate issued by CA N (chain: leaf + CA N)
   state.json                  {"active": N, "hostname": "..."}
-  trust/*.pem                 extra client-certificate trust anchors (self-signed device certs, device CAs)
+  cas/*.pem                   device CAs registered with `upyhub hub ca --trust` (certificateAuthority devices)
+
+Device certificates are never stored here and never trusted as issuers: a `selfSigned` device is its
+thumbprint in the registry, nothing more.
 
 Keys are ECDSA P-256 / SHA-256: what mbedtls 2.28 (MicroPython's TLS) and the Azure SDK both handle.
 """
@@ -20,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from upyhub.errors import UsageError
+from upyhub.hub import HubError
 from upyhub.files import write_atomic
 
 DEFAULT_HOSTNAME = "localhub.azure-devices.net"
@@ -126,7 +130,7 @@ class PKI:
 
     def __init__(self, data_dir):
         self.dir = pathlib.Path(data_dir) / "pki"
-        self.trust_dir = self.dir / "trust"
+        self.cas_dir = self.dir / "cas"
         self.state_path = self.dir / "state.json"
 
     def exists(self):
@@ -134,7 +138,7 @@ class PKI:
 
     def state(self):
         if not self.exists():
-            raise UsageError("no hub PKI in %s: run `upyhub hub init` first" % self.dir.parent)
+            raise HubError("no hub PKI in %s: run `upyhub hub init` first" % self.dir.parent)
         return json.loads(self.state_path.read_text())
 
     def _save(self, state):
@@ -166,9 +170,8 @@ class PKI:
     def init(self, hostname=DEFAULT_HOSTNAME, force=False):
         """Create CA 1 and its server certificate; never overwrites keys without force."""
         if self.exists() and not force:
-            raise UsageError("the hub PKI already exists in %s (use --force to replace it)" % self.dir)
+            raise HubError("the hub PKI already exists in %s (use --force to replace it)" % self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.trust_dir.mkdir(exist_ok=True)
         if force:
             for p in self.dir.glob("*-*.*"):
                 p.unlink()
@@ -188,7 +191,7 @@ class PKI:
         """Create the next CA generation and its server certificate, without activating it."""
         st = self.state()
         if self.pending():
-            raise UsageError("CA %d is already waiting: activate it with `upyhub hub rotate-ca --activate`"
+            raise HubError("CA %d is already waiting: activate it with `upyhub hub rotate-ca --activate`"
                              % self.pending())
         gen = self.generations()[-1] + 1
         self._new_generation(gen, st["hostname"])
@@ -199,7 +202,7 @@ class PKI:
         st = self.state()
         gen = self.pending()
         if gen is None:
-            raise UsageError("no new CA to activate: run `upyhub hub rotate-ca` first")
+            raise HubError("no new CA to activate: run `upyhub hub rotate-ca` first")
         st["active"] = gen
         self._save(st)
         return gen
@@ -219,13 +222,24 @@ class PKI:
         cert, key = issue(*self.ca(), device_id, client=True)
         return self.write_pair(cert, key, out_dir, device_id)
 
-    def add_trust(self, name, pem):
-        """Trust a client certificate or device CA at the TLS layer (the registry still decides who is who)."""
-        self.trust_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.trust_dir / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".pem"), pem)
+    def register_ca(self, cert):
+        """Register a device CA: certificateAuthority devices whose chain ends at it may connect."""
+        if not is_ca(cert):
+            raise UsageError("not a CA certificate (basicConstraints CA:TRUE)")
+        self.cas_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.cas_dir / (thumbprints(der(cert))[1].lower() + ".pem"), cert_pem(cert))
 
-    def trust_pems(self):
-        return [p.read_bytes() for p in sorted(self.trust_dir.glob("*.pem"))]
+    def issuers(self):
+        """Every CA a certificateAuthority device may chain to: the hub's generations and the registered CAs."""
+        cas = self.all_cas()
+        for p in sorted(self.cas_dir.glob("*.pem")):
+            try:
+                c = x509.load_pem_x509_certificate(p.read_bytes())
+            except ValueError:
+                continue
+            if is_ca(c):
+                cas.append(c)
+        return cas
 
     @staticmethod
     def write_pair(cert, key, out_dir, name):

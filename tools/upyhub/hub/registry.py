@@ -6,6 +6,7 @@ runs takes effect at the device's next CONNECT. Every method validates its input
 """
 import base64
 import json
+import os
 import pathlib
 import re
 import sqlite3
@@ -14,6 +15,7 @@ import uuid
 
 from upyhub import sas
 from upyhub.errors import UsageError
+from upyhub.hub import HubError
 
 PERMISSIONS = ("RegistryRead", "RegistryReadWrite", "ServiceConnect", "DeviceConnect")
 DEFAULT_POLICIES = {
@@ -27,6 +29,13 @@ AUTH_TYPES = ("sas", "selfSigned", "certificateAuthority")
 STATUSES = ("enabled", "disabled")
 THUMB_RE = re.compile(r"^([0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$")
 TELEMETRY_KEEP = 10000  # per hub; old messages are dropped first (a test/dev hub, not an event store)
+C2D_QUEUE_MAX = 50  # IoT Hub's per-device cloud-to-device queue depth (403004 beyond)
+TWIN_LIMITS = {"tags": 8 * 1024, "desired": 32 * 1024, "reported": 32 * 1024}  # bytes of each section's JSON
+TWIN_DEPTH = 10  # levels of nested objects below a section (IoT Hub's limit)
+# columns added after the first release: added to an existing hub.db when it is opened
+MIGRATIONS = (("devices", "status_updated", "REAL"), ("devices", "state_updated", "REAL"),
+              ("twins", "tags", "TEXT NOT NULL DEFAULT '{}'"), ("twins", "desired_updated", "REAL"),
+              ("twins", "reported_updated", "REAL"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
@@ -34,11 +43,12 @@ CREATE TABLE IF NOT EXISTS devices (
   id TEXT PRIMARY KEY, status TEXT NOT NULL, auth TEXT NOT NULL,
   primary_key TEXT, secondary_key TEXT, primary_thumb TEXT, secondary_thumb TEXT,
   generation TEXT NOT NULL, version INTEGER NOT NULL, connected INTEGER NOT NULL DEFAULT 0,
-  last_activity REAL);
+  last_activity REAL, status_updated REAL, state_updated REAL);
 CREATE TABLE IF NOT EXISTS policies (name TEXT PRIMARY KEY, rights TEXT NOT NULL,
   primary_key TEXT NOT NULL, secondary_key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS twins (id TEXT PRIMARY KEY, desired TEXT NOT NULL, desired_version INTEGER NOT NULL,
-  reported TEXT NOT NULL, reported_version INTEGER NOT NULL, version INTEGER NOT NULL);
+  reported TEXT NOT NULL, reported_version INTEGER NOT NULL, version INTEGER NOT NULL,
+  tags TEXT NOT NULL DEFAULT '{}', desired_updated REAL, reported_updated REAL);
 CREATE TABLE IF NOT EXISTS c2d (seq INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL,
   body BLOB NOT NULL, properties TEXT NOT NULL, enqueued REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS telemetry (seq INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL,
@@ -47,7 +57,20 @@ CREATE TABLE IF NOT EXISTS telemetry (seq INTEGER PRIMARY KEY AUTOINCREMENT, dev
 
 
 def etag(version):
-    return '"%s"' % base64.b64encode(str(version).encode()).decode()
+    """An etag as IoT Hub's JSON shows it (no quotes inside the string; HTTP headers quote it)."""
+    return base64.b64encode(str(version).encode()).decode()
+
+
+def etag_matches(if_match, version):
+    """If-Match against the current version: absent or `*` (quoted or bare) is any; W/ and quotes ignored."""
+    if if_match is None:
+        return True
+    value = if_match.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value == "*" or value == etag(version)
 
 
 def iso(t):
@@ -74,18 +97,62 @@ class PreconditionFailed(Exception):
     """The If-Match etag does not match (HTTP 412)."""
 
 
+class QueueFull(Exception):
+    """The device's cloud-to-device queue holds C2D_QUEUE_MAX messages (HTTP 403, 403004)."""
+
+
+class TooLarge(UsageError):
+    """A twin section over IoT Hub's size or depth limit (HTTP 400)."""
+
+
+def json_depth(value):
+    """Levels of objects/arrays nested below `value` (a flat object is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()
+        for c in children:
+            if isinstance(c, (dict, list)):
+                deepest = max(deepest, d + 1)
+                stack.append((c, d + 1))
+    return deepest
+
+
+def check_twin_section(name, doc):
+    """IoT Hub's twin limits on one section (tags, desired, reported): depth and JSON size."""
+    if json_depth(doc) > TWIN_DEPTH:
+        raise TooLarge("twin %s is nested more than %d levels deep" % (name, TWIN_DEPTH))
+    size = len(json.dumps(doc, separators=(",", ":")).encode())
+    if size > TWIN_LIMITS[name]:
+        raise TooLarge("twin %s would be %d bytes (limit %d)" % (name, size, TWIN_LIMITS[name]))
+
+
 class Conflict(Exception):
     """The device already exists (HTTP 409)."""
+
+
+def private_dir(path):
+    """Create `path` (and parents) and make it owner-only: it holds every device and policy key."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.stat().st_uid == os.getuid():
+        os.chmod(path, 0o700)
 
 
 class Registry:
     def __init__(self, data_dir):
         self.data_dir = pathlib.Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.data_dir / "hub.db", timeout=30, isolation_level=None)
+        private_dir(self.data_dir)
+        db_path = self.data_dir / "hub.db"
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives -wal/-shm the db's mode
+        self.db = sqlite3.connect(db_path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        for table, column, decl in MIGRATIONS:
+            if column not in {r[1] for r in self.db.execute("PRAGMA table_info(%s)" % table)}:
+                self.db.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, decl))
+        for p in self.data_dir.glob("hub.db*"):  # every key is in here: owner only, whatever made them
+            os.chmod(p, 0o600)
         with self.tx():
             for name, rights in DEFAULT_POLICIES.items():
                 self.db.execute("INSERT OR IGNORE INTO policies VALUES (?,?,?,?)",
@@ -108,11 +175,15 @@ class Registry:
     def require_device(self, device_id):
         row = self.get_device(device_id)
         if row is None:
-            raise UsageError("no device %r in the registry" % device_id)
+            raise HubError("no device %r in the registry" % device_id)
         return row
 
-    def list_devices(self):
-        return [dict(r) for r in self.db.execute("SELECT * FROM devices ORDER BY id")]
+    def list_devices(self, top=None):
+        """Devices by id; at most `top` of them (IoT Hub: 1..1000, anything else means 1000)."""
+        if top is not None and not 1 <= top <= 1000:
+            top = 1000
+        q = "SELECT * FROM devices ORDER BY id" + (" LIMIT %d" % top if top else "")
+        return [dict(r) for r in self.db.execute(q)]
 
     def count_devices(self):
         return self.db.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
@@ -149,20 +220,23 @@ class Registry:
         self._check_fields(auth, status, primary_key, secondary_key, primary_thumb, secondary_thumb)
         with self.tx():
             row = self._row(device_id)
+            now = time.time()
             if row is None:
                 self.db.execute("INSERT INTO devices (id,status,auth,primary_key,secondary_key,primary_thumb,"
-                                "secondary_thumb,generation,version) VALUES (?,?,?,?,?,?,?,?,1)",
+                                "secondary_thumb,generation,version,status_updated) VALUES (?,?,?,?,?,?,?,?,1,?)",
                                 (device_id, status, auth, primary_key, secondary_key, primary_thumb,
-                                 secondary_thumb, str(uuid.uuid4().int % 10**18)))
-                self.db.execute("INSERT OR REPLACE INTO twins VALUES (?,?,1,?,1,1)", (device_id, "{}", "{}"))
+                                 secondary_thumb, str(uuid.uuid4().int % 10**18), now))
+                self.db.execute("INSERT OR REPLACE INTO twins (id,desired,desired_version,reported,reported_version,"
+                                "version,tags) VALUES (?,'{}',1,'{}',1,1,'{}')", (device_id,))
             else:
                 if create_only or if_match is None:
                     raise Conflict(device_id)
-                if if_match != "*" and if_match != etag(row["version"]):
+                if not etag_matches(if_match, row["version"]):
                     raise PreconditionFailed(device_id)
                 self.db.execute("UPDATE devices SET status=?,auth=?,primary_key=?,secondary_key=?,primary_thumb=?,"
-                                "secondary_thumb=?,version=version+1 WHERE id=?",
-                                (status, auth, primary_key, secondary_key, primary_thumb, secondary_thumb, device_id))
+                                "secondary_thumb=?,version=version+1,status_updated=? WHERE id=?",
+                                (status, auth, primary_key, secondary_key, primary_thumb, secondary_thumb,
+                                 now if status != row["status"] else row["status_updated"], device_id))
         return self.get_device(device_id)
 
     def set_status(self, device_id, status):
@@ -187,18 +261,22 @@ class Registry:
             row = self._row(device_id)
             if row is None:
                 return False
-            if if_match not in (None, "*") and if_match != etag(row["version"]):
+            if not etag_matches(if_match, row["version"]):
                 raise PreconditionFailed(device_id)
             for table, col in (("devices", "id"), ("twins", "id"), ("c2d", "device")):
                 self.db.execute("DELETE FROM %s WHERE %s=?" % (table, col), (device_id,))
         return True
 
     def set_connected(self, device_id, connected):
-        self.db.execute("UPDATE devices SET connected=?, last_activity=? WHERE id=?",
-                        (1 if connected else 0, time.time(), device_id))
+        now = time.time()
+        self.db.execute("UPDATE devices SET connected=?, last_activity=?, state_updated=? WHERE id=?",
+                        (1 if connected else 0, now, now, device_id))
 
     def reset_connections(self):
         self.db.execute("UPDATE devices SET connected=0")
+
+    def _pending_c2d(self, device_id):
+        return self.db.execute("SELECT COUNT(*) FROM c2d WHERE device=?", (device_id,)).fetchone()[0]
 
     def device_json(self, row, keys=True):
         """The device as IoT Hub's registry REST API shows it."""
@@ -207,12 +285,21 @@ class Registry:
                                  "secondaryKey": row["secondary_key"] if keys else None},
                 "x509Thumbprint": {"primaryThumbprint": row["primary_thumb"],
                                    "secondaryThumbprint": row["secondary_thumb"]}}
-        pending = self.db.execute("SELECT COUNT(*) FROM c2d WHERE device=?", (row["id"],)).fetchone()[0]
         return {"deviceId": row["id"], "generationId": row["generation"], "etag": etag(row["version"]),
-                "status": row["status"], "statusReason": None,
                 "connectionState": "Connected" if row["connected"] else "Disconnected",
-                "lastActivityTime": iso(row["last_activity"]), "cloudToDeviceMessageCount": pending,
-                "authentication": auth}
+                "status": row["status"], "statusReason": None,
+                "connectionStateUpdatedTime": iso(row["state_updated"]),
+                "statusUpdatedTime": iso(row["status_updated"]),
+                "lastActivityTime": iso(row["last_activity"]),
+                "cloudToDeviceMessageCount": self._pending_c2d(row["id"]),
+                "authentication": auth, "capabilities": {"iotEdge": False}}
+
+    def statistics(self):
+        """IoT Hub's /statistics/devices and /statistics/service figures."""
+        total, enabled, connected = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(status='enabled'),0), COALESCE(SUM(connected),0) FROM devices").fetchone()
+        return {"totalDeviceCount": total, "enabledDeviceCount": enabled, "disabledDeviceCount": total - enabled,
+                "connectedDeviceCount": connected}
 
     # --- policies ---
     def list_policies(self):
@@ -225,46 +312,96 @@ class Registry:
     def connection_string(self, hostname, policy):
         p = self.get_policy(policy)
         if p is None:
-            raise UsageError("no shared access policy %r (see `upyhub hub policy list`)" % policy)
+            raise HubError("no shared access policy %r (see `upyhub hub policy list`)" % policy)
         return "HostName=%s;SharedAccessKeyName=%s;SharedAccessKey=%s" % (hostname, p["name"], p["primary_key"])
 
     # --- twins ---
+    def _twin_row(self, device_id):
+        return self.db.execute("SELECT * FROM twins WHERE id=?", (device_id,)).fetchone()
+
     def get_twin(self, device_id):
-        row = self.db.execute("SELECT * FROM twins WHERE id=?", (device_id,)).fetchone()
+        """The twin's properties as a device sees them (MQTT twin GET): desired and reported with $version."""
+        row = self._twin_row(device_id)
         if row is None:
             return None
-        desired = json.loads(row["desired"])
-        reported = json.loads(row["reported"])
-        return {"deviceId": device_id, "etag": etag(row["version"]), "version": row["version"],
-                "properties": {"desired": dict(desired, **{"$version": row["desired_version"]}),
-                               "reported": dict(reported, **{"$version": row["reported_version"]})}}
+        return {"desired": dict(json.loads(row["desired"]), **{"$version": row["desired_version"]}),
+                "reported": dict(json.loads(row["reported"]), **{"$version": row["reported_version"]})}
 
-    def _patch_twin(self, device_id, side, patch, if_match=None):
-        if not isinstance(patch, dict):
-            raise UsageError("a twin patch is a JSON object")
-        patch = {k: v for k, v in patch.items() if not k.startswith("$")}
+    def twin_json(self, device_id):
+        """The twin as IoT Hub's service API shows it (GET /twins/{id}); None when there is no such device."""
+        row, dev = self._twin_row(device_id), self._row(device_id)
+        if row is None or dev is None:
+            return None
+
+        def section(name):
+            doc = json.loads(row[name])
+            meta = {"$lastUpdated": iso(row[name + "_updated"] or dev["status_updated"])}
+            if name == "desired":
+                meta["$lastUpdatedVersion"] = row["desired_version"]
+            return dict(doc, **{"$metadata": meta, "$version": row[name + "_version"]})
+
+        return {"deviceId": device_id, "etag": etag(row["version"]), "deviceEtag": etag(dev["version"]),
+                "status": dev["status"], "statusReason": None, "statusUpdateTime": iso(dev["status_updated"]),
+                "connectionState": "Connected" if dev["connected"] else "Disconnected",
+                "lastActivityTime": iso(dev["last_activity"]),
+                "cloudToDeviceMessageCount": self._pending_c2d(device_id),
+                "authenticationType": dev["auth"],
+                "x509Thumbprint": {"primaryThumbprint": dev["primary_thumb"],
+                                   "secondaryThumbprint": dev["secondary_thumb"]},
+                "modelId": "", "version": row["version"], "tags": json.loads(row["tags"]),
+                "properties": {"desired": section("desired"), "reported": section("reported")},
+                "capabilities": {"iotEdge": False}}
+
+    def update_twin(self, device_id, *, tags=None, desired=None, reported=None, replace=False, if_match=None):
+        """Patch (JSON merge) or, with replace, set the given sections in one transaction.
+
+        Returns the new desired $version when desired changed (else None); raises LookupError for an
+        unknown device, PreconditionFailed, TooLarge (size/depth) or UsageError (not an object)."""
+        sections = {k: v for k, v in (("tags", tags), ("desired", desired), ("reported", reported)) if v is not None}
+        for name, patch in sections.items():
+            if not isinstance(patch, dict):
+                raise UsageError("twin %s must be a JSON object" % name)
         with self.tx():
-            row = self.db.execute("SELECT * FROM twins WHERE id=?", (device_id,)).fetchone()
+            row = self._twin_row(device_id)
             if row is None:
-                return None
-            if if_match not in (None, "*") and if_match != etag(row["version"]):
+                raise LookupError(device_id)
+            if not etag_matches(if_match, row["version"]):
                 raise PreconditionFailed(device_id)
-            doc = merge(json.loads(row[side]), patch)
-            self.db.execute("UPDATE twins SET %s=?, %s_version=%s_version+1, version=version+1 WHERE id=?"
-                            % (side, side, side), (json.dumps(doc), device_id))
-            return self.db.execute("SELECT %s_version FROM twins WHERE id=?" % side, (device_id,)).fetchone()[0]
-
-    def patch_desired(self, device_id, patch, if_match=None):
-        """Apply a desired patch; returns the new desired $version (None: no such twin)."""
-        return self._patch_twin(device_id, "desired", patch, if_match)
+            now, sets, args = time.time(), [], []
+            for name, patch in sections.items():
+                patch = {k: v for k, v in patch.items() if not k.startswith("$")}
+                doc = merge({}, patch) if replace else merge(json.loads(row[name]), patch)
+                check_twin_section(name, doc)
+                sets.append("%s=?" % name)
+                args.append(json.dumps(doc))
+                if name != "tags":
+                    sets.append("%s_version=%s_version+1, %s_updated=?" % (name, name, name))
+                    args.append(now)
+            if not sets:
+                return None
+            self.db.execute("UPDATE twins SET %s, version=version+1 WHERE id=?" % ", ".join(sets),
+                            args + [device_id])
+            if "desired" in sections:
+                return self.db.execute("SELECT desired_version FROM twins WHERE id=?", (device_id,)).fetchone()[0]
+            if "reported" in sections:
+                return self.db.execute("SELECT reported_version FROM twins WHERE id=?", (device_id,)).fetchone()[0]
+            return None
 
     def patch_reported(self, device_id, patch):
-        return self._patch_twin(device_id, "reported", patch)
+        """A device's reported patch; returns the new reported $version (None: the device is gone)."""
+        try:
+            return self.update_twin(device_id, reported=patch)
+        except LookupError:
+            return None
 
     # --- cloud-to-device queue ---
     def enqueue_c2d(self, device_id, body, properties):
-        cur = self.db.execute("INSERT INTO c2d (device, body, properties, enqueued) VALUES (?,?,?,?)",
-                              (device_id, body, json.dumps(properties), time.time()))
+        """Queue a message for the device; QueueFull when C2D_QUEUE_MAX are already waiting."""
+        with self.tx():
+            if self._pending_c2d(device_id) >= C2D_QUEUE_MAX:
+                raise QueueFull(device_id)
+            cur = self.db.execute("INSERT INTO c2d (device, body, properties, enqueued) VALUES (?,?,?,?)",
+                                  (device_id, body, json.dumps(properties), time.time()))
         return cur.lastrowid
 
     def pending_c2d(self, device_id):

@@ -1,87 +1,168 @@
 """`upyhub hub serve`: the device endpoint (MQTT/TLS) and the service API (HTTPS) in one asyncio loop."""
 import asyncio
+import errno
+import fcntl
 import json
 import logging
+import os
+import resource
 import signal
 import socket
 import ssl
-import sys
 
 from aiohttp import web
 
-from upyhub.errors import UsageError
 from upyhub.files import write_atomic
-from upyhub.hub import broker, engine, pki as pki_mod, registry as reg, service, tls
+from upyhub.hub import HubError, broker, engine, logs, pki as pki_mod, registry as reg, service, tls
 
 log = logging.getLogger("upyhub.hub")
-
-
-def _setup_logging(verbose):
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
-    # amqtt's own logs can show session details; the hub logs what matters itself
-    for name in ("amqtt", "transitions", "aiohttp.access"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+STOP_GRACE = 0.5  # seconds the service API gives requests under way when the hub stops
 
 
 def _exception_handler(loop, context):
-    """TLS failures (a TLS 1.1 client, a client that distrusts us) as one line, no traceback."""
+    """Anything asyncio reports (TLS failures, a client that vanished, EMFILE on accept) as one line."""
     exc = context.get("exception")
-    if isinstance(exc, (ssl.SSLError, ConnectionError, asyncio.TimeoutError)):
-        peer = context.get("transport") and context["transport"].get_extra_info("peername")
-        log.warning("TLS/connection failure from %s: %s", peer, getattr(exc, "reason", None) or type(exc).__name__)
+    if isinstance(exc, (OSError, asyncio.TimeoutError, ssl.SSLError)):
+        transport = context.get("transport")
+        peer = transport.get_extra_info("peername") if transport else None
+        log.warning("connection problem%s: %s", " from %s:%s" % peer[:2] if peer else "",
+                    getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__)
         return
-    loop.default_exception_handler(context)
+    log.error("%s: %s", context.get("message", "error"), type(exc).__name__ if exc else "")
+
+
+def raise_open_files_limit():
+    """The soft limit on open files up to the hard limit: every connection is a file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+    return hard
 
 
 def _listen(bind, port):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP: asyncio then sets TCP_NODELAY on every accepted connection (it skips proto-0 sockets)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((bind, port))
     except OSError as e:
         sock.close()
-        raise UsageError("cannot listen on %s:%d: %s" % (bind, port, e.strerror)) from None
-    sock.listen(100)
+        raise HubError("cannot listen on %s:%d: %s" % (bind, port, e.strerror)) from None
+    sock.listen(1024)
     return sock
 
 
-async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None):
+class ServeLock:
+    """DATA/serve.lock, locked (flock) while a hub serves that folder: one hub per data folder."""
+
+    def __init__(self, data_dir):
+        self.path = data_dir / "serve.lock"
+        self.fd = None
+
+    def acquire(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise HubError("a hub is already serving %s (%s): stop it first (`upyhub hub stop --data %s`)"
+                           % (self.path.parent, running_summary(self.path.parent), self.path.parent)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def running_pid(data_dir):
+    """The pid of the hub serving data_dir, or None (the lock, not a pid file, says whether one runs)."""
+    path = data_dir / "serve.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = os.read(fd, 32).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def running_summary(data_dir):
+    pid = running_pid(data_dir)
+    try:
+        info = json.loads((data_dir / "serve.json").read_text())
+        ports = "MQTT port %s, HTTPS port %s" % (info["mqtt_port"], info["https_port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        ports = "starting"
+    return "pid %s, %s" % (pid if pid and pid > 0 else "?", ports)
+
+
+async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None,
+              pending_per_address=broker.PENDING_PER_ADDRESS):
     pki = pki_mod.PKI(data_dir)
     hostname = pki.hostname
     registry = reg.Registry(data_dir)
+    lock = ServeLock(registry.data_dir)
+    try:
+        lock.acquire()
+        await _serve(pki, hostname, registry, bind, port, https_port, ready, pending_per_address)
+    finally:
+        lock.release()
+        registry.close()
+
+
+async def _serve(pki, hostname, registry, bind, port, https_port, ready, pending_per_address):
     registry.reset_connections()
     hub = engine.Hub(registry, hostname)
     ctx = tls.ServerTLS(pki)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_exception_handler)
+    files_limit = raise_open_files_limit()
 
     # both ports are bound here, so a busy port is a clear error and port 0 is known
     mqtt_sock = _listen(bind, port)
     mqtt_port = mqtt_sock.getsockname()[1]
     try:
         https_sock = _listen(bind, https_port)
-    except UsageError:
+    except HubError:
         mqtt_sock.close()
         raise
     cert, key = pki.server_paths()  # amqtt checks they exist; the context itself comes from ServerTLS
     config = {"listeners": {"default": {"type": "tcp", "bind": "%s:%d" % (bind, mqtt_port), "ssl": True,
                                         "certfile": str(cert), "keyfile": str(key)}},
               "plugins": {}}
-    mqtt = broker.HubBroker(config, hub, ctx, mqtt_sock)
+    mqtt = broker.HubBroker(config, hub, ctx, mqtt_sock, pending_per_address)
     try:
         await mqtt.start()
     except Exception as e:
         mqtt_sock.close()
         https_sock.close()
-        raise UsageError("cannot start the MQTT endpoint on %s:%d: %s" % (bind, mqtt_port, e)) from None
-    runner = web.AppRunner(service.make_app(hub), access_log=None, handle_signals=False)
+        raise HubError("cannot start the MQTT endpoint on %s:%d: %s" % (bind, mqtt_port, e)) from None
+    runner = web.AppRunner(service.make_app(hub), access_log=None, handle_signals=False,
+                           shutdown_timeout=STOP_GRACE)
     await runner.setup()
-    site = web.SockSite(runner, https_sock, ssl_context=ctx.https_listener)
+    site = web.SockSite(runner, https_sock, ssl_context=ctx.https_listener, shutdown_timeout=STOP_GRACE)
     await site.start()
     ports = {"mqtt_port": mqtt.port(), "https_port": https_sock.getsockname()[1]}
     # whole or absent: tools poll for this file and read it as soon as it exists
-    write_atomic(registry.data_dir / "serve.json", json.dumps(dict(ports, hostname=hostname, host=bind)).encode())
+    write_atomic(registry.data_dir / "serve.json",
+                 json.dumps(dict(ports, hostname=hostname, host=bind, pid=os.getpid())).encode())
 
     sweeper = asyncio.ensure_future(hub.sweep())
     stop = asyncio.Event()
@@ -93,6 +174,8 @@ async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None):
     print("  HTTPS API  %s:%d   (service; policy SAS tokens)" % (bind, ports["https_port"]))
     print("  CA         %s   (generation %d; devices pin this)" % (pki.ca_path(), pki.active))
     print("  data       %s   (%d devices)" % (registry.data_dir, registry.count_devices()))
+    print("  limits     %d open files; %d connections per address before login"
+          % (files_limit, pending_per_address))
     print("  service connection string: upyhub hub policy show service --connection-string")
     print("Ctrl-C stops the hub.")
     print("mqtt_port=%d https_port=%d" % (ports["mqtt_port"], ports["https_port"]), flush=True)
@@ -102,15 +185,16 @@ async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None):
         await stop.wait()
     finally:
         log.info("stopping")
+        hub.stopping.set()  # long-polls answer now
         sweeper.cancel()
-        await runner.cleanup()
-        await mqtt.shutdown()
+        await asyncio.gather(runner.cleanup(), mqtt.shutdown(), return_exceptions=True)
         registry.reset_connections()
         (registry.data_dir / "serve.json").unlink(missing_ok=True)
-        registry.close()
+        logs.flush()
         log.info("stopped")
 
 
-def serve(data_dir, bind="0.0.0.0", port=8883, https_port=8443, verbose=False):
-    _setup_logging(verbose)
-    asyncio.run(run(data_dir, bind, port, https_port))
+def serve(data_dir, bind="0.0.0.0", port=8883, https_port=8443, verbose=False,
+          pending_per_address=broker.PENDING_PER_ADDRESS):
+    logs.install(verbose)
+    asyncio.run(run(data_dir, bind, port, https_port, pending_per_address=pending_per_address))
