@@ -150,7 +150,8 @@ def compile_mpy(tmp_path, source, name="evil.py"):
     (lambda f, k, t: (f / "big.txt").write_bytes(b"x" * (200 * 1024 + 1013) + CS.encode()), "hub-credential"),
     # split across string literals
     (lambda f, k, t: (f / "lib" / "cfg.py").write_text(
-        'CS = "HostName=h.azure-devices.net;" "SharedAccess" \\\n    "KeyName=iothubowner;" + "SharedAccessKey=QUJD"\n'),
+        'CS = "HostName=h.azure-devices.net;" "SharedAccess" \\\n'
+        '    "KeyName=iothubowner;" + "SharedAccessKey=QUJD"\n'),
      "hub-credential"),
     (lambda f, k, t: (f / "lib" / "tok.py").write_text(
         "T = 'SharedAccessSignature sr=h&sig=abc%3D&se=1900000000&skn=iothubowner'\n"), "hub-credential"),

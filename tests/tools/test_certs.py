@@ -221,8 +221,8 @@ def test_stage_on_a_board_refusals_change_nothing(tmp_path, certs_sim_board):
     expired = make_cert("Expired", not_before=days(-9), not_after=days(-1))
     (tmp_path / "expired.pem").write_bytes(expired.pem)
     assert "refused before copying" in one_line_error(upyhub("certs", "stage", "--port", board.port, tmp_path / "expired.pem"))
-    msg = one_line_error(upyhub("certs", "stage", "--port", board.port, "--certs-dir", "config.json/x", tmp_path / "new.pem"),
-                         status=1)  # refused by the board at run time
+    msg = one_line_error(upyhub("certs", "stage", "--port", board.port, "--certs-dir", "config.json/x",
+                                tmp_path / "new.pem"), status=1)  # refused by the board at run time
     assert "the board refused it: could not write the board's flash" in msg
     assert tree(flash) == before
 

@@ -56,7 +56,8 @@ try:
     _snap['secret_names'] = sorted(_sec)
     for _n in ('device_key', 'wifi_password'):
         _k = _sec.get(_n)
-        _snap[_n + '_sha'] = binascii.hexlify(hashlib.sha256(_k.encode()).digest()).decode() if isinstance(_k, str) else None
+        _k = hashlib.sha256(_k.encode()).digest() if isinstance(_k, str) else None
+        _snap[_n + '_sha'] = binascii.hexlify(_k).decode() if _k else None
     _snap['key_sha'] = _snap.pop('device_key_sha')
 except Exception:
     _snap['secret_names'] = None

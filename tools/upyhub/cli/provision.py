@@ -78,10 +78,11 @@ def _say(msg):
 
 
 def _line(s):
+    changed = s["changed"]
+    wrote = "wrote " + ", ".join(changed[:4]) + (" and %d more" % (len(changed) - 4) if len(changed) > 4 else "")
     return "%s on %s: hub %s, %s, token %s%s" % (
-        s["device_id"], s["port"], s["hub"], ("wrote " + ", ".join(s["changed"][:4]) +
-                                              (" and %d more" % (len(s["changed"]) - 4) if len(s["changed"]) > 4 else ""))
-        if s["changed"] else "nothing to write", s["check"], "; old identity " + s["old"] if s.get("old") else "")
+        s["device_id"], s["port"], s["hub"], wrote if changed else "nothing to write", s["check"],
+        "; old identity " + s["old"] if s.get("old") else "")
 
 
 def run(args):
