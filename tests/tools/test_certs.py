@@ -15,8 +15,8 @@ def upyhub(*args):
     return subprocess.run([sys.executable, "-m", "upyhub", *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
-def one_line_error(proc):
-    assert proc.returncode == 2, proc
+def one_line_error(proc, status=2):
+    assert proc.returncode == status, proc
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("upyhub: error: ") and "Traceback" not in proc.stderr
@@ -115,8 +115,73 @@ def test_stage_local_refusals_write_nothing(tmp_path):
         (tmp_path / name).write_bytes(data)
         msg = one_line_error(upyhub("certs", "stage-local", "--flash", flash, tmp_path / name))
         assert "refused: " in msg and want in msg
-    assert "flash folder not found" in one_line_error(upyhub("certs", "stage-local", "--flash", tmp_path / "nope", tmp_path / "ok.pem"))
     assert tree(flash) == before
+    # A refused set does not even create a new flash folder.
+    (tmp_path / "leaf.pem").write_bytes(bad["leaf.pem"][0])
+    one_line_error(upyhub("certs", "stage-local", "--flash", tmp_path / "new", tmp_path / "leaf.pem"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_stage_local_creates_the_flash_folder(tmp_path, run_mp):
+    root = make_cert("First Root")
+    (tmp_path / "r.pem").write_bytes(root.pem)
+    flash = tmp_path / "boards" / "new"
+    proc = upyhub("certs", "stage-local", "--flash", flash, "--active", tmp_path / "r.pem")
+    assert proc.returncode == 0, proc.stderr
+    st = mp_json(run_mp, "print(json.dumps(certstore.Store(%r).status()))" % str(flash / "certs"))
+    assert st["active"]["certs"][0]["sha256"] == root.sha256
+
+
+# --- a flash folder written by a board is untrusted: links in it are refused, never followed -------------
+
+def host_folder(tmp_path):
+    victim = tmp_path / "host-folder"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("operator's file\n")
+    return victim
+
+
+def test_stale_tmp_symlink_is_refused_and_the_host_folder_kept(tmp_path):
+    flash = tmp_path / "flash"
+    ok = make_cert("OK Root")
+    (tmp_path / "ok.pem").write_bytes(ok.pem)
+    assert upyhub("certs", "stage-local", "--flash", flash, "--active", tmp_path / "ok.pem").returncode == 0
+    victim = host_folder(tmp_path)
+    # What code on the board can leave: a stale write's temporary folder that is a link to a host folder.
+    (flash / "certs" / "staged.tmp").symlink_to(victim)
+    (tmp_path / "new.pem").write_bytes(make_cert("New Root").pem)
+    msg = one_line_error(upyhub("certs", "stage-local", "--flash", flash, tmp_path / "new.pem"))
+    assert "symlink" in msg and "certs/staged.tmp" in msg
+    assert tree(victim) == {"precious.txt": b"operator's file\n"}
+
+
+def test_certs_folder_symlink_is_refused_nothing_written_outside(tmp_path):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    victim = host_folder(tmp_path)
+    (flash / "certs").symlink_to(victim)
+    (tmp_path / "r.pem").write_bytes(make_cert("R").pem)
+    msg = one_line_error(upyhub("certs", "stage-local", "--flash", flash, "--active", tmp_path / "r.pem"))
+    assert "symlink" in msg and "(certs)" in msg
+    assert tree(victim) == {"precious.txt": b"operator's file\n"}
+
+
+def test_link_made_after_the_check_still_leads_nowhere(tmp_path, monkeypatch):
+    """The race: a running board makes the link after the host checked the folder. The write itself
+    runs in the board's confinement, so the kernel refuses to follow it out of the flash folder."""
+    from upyhub import certs, files
+    from upyhub.errors import UpyhubError
+
+    flash = tmp_path / "flash"
+    assert certs.install_local(flash, make_cert("Old").pem)["seq"] == 1
+    victim = host_folder(tmp_path)
+    (flash / "certs" / "active.tmp").symlink_to(victim)
+    monkeypatch.setattr(files, "check_flash", lambda flash: 0)  # as if the link came just after the check
+    try:
+        certs.install_local(flash, make_cert("New").pem)
+    except UpyhubError:
+        pass
+    assert tree(victim) == {"precious.txt": b"operator's file\n"}
 
 
 def board_flash(tmp_path, active_pem):
@@ -156,7 +221,8 @@ def test_stage_on_a_board_refusals_change_nothing(tmp_path, certs_sim_board):
     expired = make_cert("Expired", not_before=days(-9), not_after=days(-1))
     (tmp_path / "expired.pem").write_bytes(expired.pem)
     assert "refused before copying" in one_line_error(upyhub("certs", "stage", "--port", board.port, tmp_path / "expired.pem"))
-    msg = one_line_error(upyhub("certs", "stage", "--port", board.port, "--certs-dir", "config.json/x", tmp_path / "new.pem"))
+    msg = one_line_error(upyhub("certs", "stage", "--port", board.port, "--certs-dir", "config.json/x",
+                                tmp_path / "new.pem"), status=1)  # refused by the board at run time
     assert "the board refused it: could not write the board's flash" in msg
     assert tree(flash) == before
 
@@ -167,4 +233,5 @@ def test_stage_on_a_board_without_firmware(tmp_path, certs_sim_board):
     board = certs_sim_board(flash)
     root = make_cert("R")
     (tmp_path / "r.pem").write_bytes(root.pem)
-    assert "no iothub package" in one_line_error(upyhub("certs", "stage", "--port", board.port, tmp_path / "r.pem"))
+    assert "no iothub package" in one_line_error(upyhub("certs", "stage", "--port", board.port, tmp_path / "r.pem"),
+                                                 status=1)

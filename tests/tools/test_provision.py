@@ -138,7 +138,7 @@ def test_interrupted_provisioning_converges(prov, hub, sim_board, tmp_path):
     ro = tmp_path / "ro.cs"
     ro.write_text(hub.connection_string("registryRead"))
     res = prov.run(sim_board.port, "dev1", cs_file=ro)
-    assert res.returncode == 2
+    assert res.returncode == 1  # a refusal at run time, not bad usage
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("upyhub: error:")]
     assert len(errors) == 1 and "RegistryReadWrite" in errors[0] and "Traceback" not in res.stderr
     written = board_key(sim_board.flash)
@@ -163,7 +163,7 @@ def test_hub_refuses_the_policy_token(prov, hub, sim_board, tmp_path):
     bad.write_text("HostName=%s;SharedAccessKeyName=registryReadWrite;SharedAccessKey=%s"
                    % (cs["HostName"], base64.b64encode(os.urandom(32)).decode()))
     res = prov.run(sim_board.port, "dev1", cs_file=bad)
-    assert res.returncode == 2
+    assert res.returncode == 1
     assert "refused the policy credentials" in res.stderr and "Traceback" not in res.stderr
     assert list(sim_board.flash.iterdir()) == []
 
@@ -193,7 +193,7 @@ def test_full_flash_is_refused_before_writing(prov, hub, tmp_path, start_sim_boa
     flash.mkdir()
     board = start_sim_board(flash, "--size", "16K")
     res = prov.run(board.port, "dev1")
-    assert res.returncode == 2
+    assert res.returncode == 1
     assert "too full" in res.stderr and "nothing was written" in res.stderr
     assert list(flash.iterdir()) == []
 
@@ -203,13 +203,13 @@ def test_board_that_does_not_answer(prov, tmp_path):
     try:
         port = os.ttyname(slave)
         res = subprocess.run(prov.args(port, "dev1", timeout=5), capture_output=True, text=True, timeout=120)
-        assert res.returncode == 2
+        assert res.returncode == 1
         assert "did not answer within 5 s" in res.stderr
     finally:
         os.close(slave)
         os.close(master)
     res = prov.run(str(tmp_path / "no-such-port"), "dev1")
-    assert res.returncode == 2 and "cannot open" in res.stderr
+    assert res.returncode == 1 and "cannot open" in res.stderr
 
 
 def test_group_key_derivation_matches_keys_derive(prov, hub, sim_board, tmp_path):
@@ -256,10 +256,134 @@ def test_batch_prompts_to_swap_boards_on_one_port(prov, hub, sim_board, tmp_path
     rows = tmp_path / "devices.csv"
     rows.write_text("%s,swap-1\n%s,swap-2\n" % (sim_board.port, sim_board.port))
     cmd = [UPYHUB, "provision", "--batch", str(rows), "--no-reset"] + prov.common()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, input="\n")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "swap in the board for swap-2 on %s" % sim_board.port in res.stderr
-    assert "2 of 2 boards provisioned" in res.stdout
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prompt = proc.stderr.readline()
+    while "swap in the board" not in prompt:
+        assert prompt, "no prompt"
+        prompt = proc.stderr.readline()
+    assert "swap in the board for swap-2 on %s" % sim_board.port in prompt
+    first = json.loads((sim_board.flash / "config.json").read_text())["device_id"]
+    # The operator swaps boards: the one on the port now is a fresh board (an empty flash).
+    for p in sorted(sim_board.flash.rglob("*"), reverse=True):
+        p.rmdir() if p.is_dir() else p.unlink()
+    out, err = proc.communicate("\n", timeout=600)
+    assert proc.returncode == 0, out + err
+    assert first == "swap-1" and "2 of 2 boards provisioned" in out
     assert json.loads((sim_board.flash / "config.json").read_text())["device_id"] == "swap-2"
     keys = [hub.service.get_device(d)["authentication"]["symmetricKey"]["primaryKey"] for d in ("swap-1", "swap-2")]
     assert keys[0] != keys[1] and keys[1] == board_key(sim_board.flash)
+
+
+# --- the board is checked before anything is written --------------------------------------------
+
+@pytest.mark.parametrize("board", ["esp32", "rp2_pico_w"])
+def test_board_of_another_kind_is_refused(prov, hub, sim_board, board):
+    args = prov.args(sim_board.port, "dev1")
+    args[args.index("--board") + 1] = board
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    errors = res.stderr.strip().splitlines()
+    assert errors[-1].startswith("upyhub: error: the board on %s is not a %s board" % (sim_board.port, board))
+    assert "'linux'" in errors[-1] and "nothing was written" in errors[-1]
+    assert list(sim_board.flash.iterdir()) == []
+    assert [d["deviceId"] for d in hub.service.list_devices()] == []
+
+
+def test_board_provisioned_as_another_device_needs_force(prov, hub, sim_board):
+    assert prov.run(sim_board.port, "dev1", "--no-reset").returncode == 0
+    before = tree(sim_board.flash)
+    res = prov.run(sim_board.port, "dev2", "--no-reset")
+    assert res.returncode == 2
+    assert "provisioned as device 'dev1'" in res.stderr and "--force" in res.stderr and "--remove-old" in res.stderr
+    assert tree(sim_board.flash) == before
+    res = prov.run(sim_board.port, "dev2", "--no-reset", "--force")
+    assert res.returncode == 0, res.stderr
+    assert "old identity dev1 is still registered on the hub" in res.stdout
+    assert json.loads((sim_board.flash / "config.json").read_text())["device_id"] == "dev2"
+    assert hub.service.get_device("dev1")  # kept, as the message said
+    res = prov.run(sim_board.port, "dev3", "--no-reset", "--remove-old")
+    assert res.returncode == 0, res.stderr
+    assert "old identity dev2 removed from the hub" in res.stdout
+    assert sorted(d["deviceId"] for d in hub.service.list_devices()) == ["dev1", "dev3"]
+    assert accepted(hub, "dev3", board_key(sim_board.flash))
+
+
+def test_wifi_changes_are_applied_and_secrets_are_private(prov, hub, sim_board, tmp_path):
+    pw = tmp_path / "wifi.pw"
+    pw.write_text("first-password")
+    assert prov.run(sim_board.port, "dev1", "--wifi-ssid", "Home", "--wifi-password-file", str(pw),
+                    "--no-reset").returncode == 0
+    secrets = sim_board.flash / "secrets.json"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    key = board_key(sim_board.flash)
+    pw.write_text("second-password")
+    res = prov.run(sim_board.port, "dev1", "--wifi-ssid", "Office", "--wifi-password-file", str(pw), "--no-reset")
+    assert res.returncode == 0, res.stderr
+    assert "wrote" in res.stdout and "secrets.json" in res.stdout
+    assert json.loads(secrets.read_text()) == {"device_key": key, "wifi_password": "second-password"}
+    assert json.loads((sim_board.flash / "config.json").read_text())["wifi"] == {"ssid": "Office"}
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    assert "second-password" not in res.stdout + res.stderr
+    # Not asked to change it: the board keeps its password, also when secrets.json is written again.
+    res = prov.run(sim_board.port, "dev1", "--wifi-ssid", "Office", "--rotate-key", "--no-reset")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(secrets.read_text())["wifi_password"] == "second-password"
+    assert board_key(sim_board.flash) != key
+
+
+@pytest.mark.parametrize("text", [
+    "hostname=h.azure-devices.net;sharedaccesskeyname=iothubowner;sharedaccesskey=abc=",
+    "HostName = h.azure-devices.net ; SharedAccessKeyName = registryReadWrite ; SharedAccessKey = abc=",
+    "  SHAREDACCESSKEY=abc  ",
+    "HostName=h.azure-devices.net;DeviceId=d1;SharedAccessKey=abc=",
+    "SharedAccessSignature sr=h.azure-devices.net&sig=x&se=1&skn=iothubowner",
+])
+def test_guard_is_case_and_space_tolerant(text):
+    with pytest.raises(UsageError, match="connection string or policy token"):
+        provision.guard({"secrets.json": json.dumps({"wifi_password": text}).encode()}, [])
+    with pytest.raises(UsageError):  # in any field, also JSON-escaped
+        provision.guard({"config.json": json.dumps({"wifi": {"ssid": text}}, ensure_ascii=True)
+                         .replace("=", "\\u003d").encode()}, [])
+
+
+def test_guard_finds_keys_in_any_field():
+    key = base64.b64encode(os.urandom(15) + b"\xff\xff\xff" + os.urandom(14)).decode()  # "////" inside
+    spaced = key[:10] + " " + key[10:]
+    escaped = '{"ntp": ["x", "%s"]}' % key.replace("/", "\\/")  # JSON's optional escape of "/"
+    assert key not in escaped
+    for text in (json.dumps({"wifi_password": key}), json.dumps({"wifi": {"ssid": spaced}}), escaped):
+        with pytest.raises(UsageError, match="policy or group key"):
+            provision.guard({"config.json": text.encode()}, [key])
+    provision.guard({"config.json": b'{"wifi": {"ssid": "HostName-lab"}}'}, [key])  # a plain name is fine
+
+
+def test_connection_string_as_wifi_password_is_refused(prov, hub, sim_board, tmp_path):
+    pw = tmp_path / "wifi.pw"
+    pw.write_text("hostname = %s ; sharedaccesskeyname=device;sharedaccesskey=%s"
+                  % (hub.hostname, base64.b64encode(os.urandom(32)).decode()))
+    res = prov.run(sim_board.port, "dev1", "--wifi-ssid", "home", "--wifi-password-file", str(pw))
+    assert res.returncode == 2
+    assert "secrets.json would hold a hub connection string" in res.stderr
+    assert list(sim_board.flash.iterdir()) == []
+
+
+def test_local_hub_from_its_data_folder(hub, sim_board):
+    res = subprocess.run([UPYHUB, "provision", sim_board.port, "--device-id", "dev-data", "--board", "unix",
+                          "--data", str(hub.data_dir), "--no-reset", "-o", "json"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["device_id"] == "dev-data" and summary["hub"] == "created" and summary["check"] == "accepted"
+    cfg = json.loads((sim_board.flash / "config.json").read_text())
+    assert cfg["port"] == hub.mqtt_port and cfg["gateway"] == "127.0.0.1" and cfg["hostname"] == hub.hostname
+    assert (sim_board.flash / "certs" / "active" / "roots.pem").read_bytes() == hub.ca_pem
+
+
+def test_unresolvable_gateway_is_a_friendly_error(prov, sim_board):
+    args = prov.args(sim_board.port, "dev1")
+    args[args.index("--gateway") + 1] = "no-such-hub.invalid"
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("upyhub: error: cannot reach the hub's service API at "
+                                                          "no-such-hub.invalid")
+    assert "does not resolve" in res.stderr and "addrinfo" not in res.stderr and "Traceback" not in res.stderr

@@ -31,17 +31,19 @@ if [ "$major" -ge 13 ]; then
     if version_ok /usr/bin/micropython; then ln -sf /usr/bin/micropython "$OUT"; exit 0; fi
 fi
 
-echo "micropython: building the unix port from Debian's source package (once, ~1 min)"
+echo "micropython: building the unix port from Debian's source package (once, 1-2 min on 2 cores)"
 need=()
 for p in libmbedtls-dev libffi-dev pkg-config build-essential dpkg-dev xz-utils; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
+    echo "micropython: apt-get install ${need[*]}"
     sudo_ apt-get update -qq && sudo_ apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 SRC=$BUILD/mp-src
 if [ ! -d "$SRC/tree/ports/unix" ]; then
+    echo "micropython: fetching Debian trixie's micropython source package"
     rm -rf "$SRC"; mkdir -p "$SRC/lists/partial"
     echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" >"$SRC/sources.list"
     opts=(-o Dir::Etc::SourceList="$SRC/sources.list" -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists="$SRC/lists")
@@ -57,6 +59,7 @@ if [ ! -d "$SRC/tree/ports/unix" ]; then
         patch -p1 -s <"debian/patches/$p"
     done <debian/patches/series)
 fi
+echo "micropython: compiling mpy-cross and the unix port"
 make -s -C "$SRC/tree/mpy-cross" -j2 >/dev/null
 make -s -C "$SRC/tree/ports/unix" -j2 MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=1 MICROPY_PY_BTREE=0 FROZEN_MANIFEST= >/dev/null
 ln -sf "$SRC/tree/ports/unix/build-standard/micropython" "$OUT"

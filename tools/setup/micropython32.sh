@@ -57,7 +57,7 @@ if [ -x "$OUT" ] && [ -f "$LIB/mbedtls_config_board.h" ] && [ "$(cat "$LIB/mbedt
         && [ -f "$LIB/alloc.c" ] && [ "$(cat "$LIB/alloc.c")" = "$SHIM" ] && ok "$OUT"; then
     exit 0
 fi
-echo "micropython-32: building a 32-bit unix port with a board mbed TLS config (once, ~1 min)"
+echo "micropython-32: building a 32-bit unix port with a board mbed TLS config (once, 1-2 min on 2 cores)"
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
@@ -65,6 +65,7 @@ for p in gcc-multilib build-essential pkg-config dpkg-dev xz-utils bzip2 python3
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
+    echo "micropython-32: apt-get install ${need[*]}"
     sudo_ apt-get update -qq && sudo_ apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
@@ -123,6 +124,7 @@ ln -sf libmbedtls.a "$LIB/libmbedcrypto.a"
 
 # MICROPY_TRACKED_ALLOC is what m_tracked_calloc (mbed TLS's allocator here) needs; the unix port
 # turns it on only with FFI, rp2 with mbed TLS.
+echo "micropython-32: compiling the unix port (32-bit)"
 make -s -C "$UNIX" -j2 BUILD=build-32 PROG=micropython-32 MICROPY_FORCE_32BIT=1 MICROPY_PY_FFI=0 \
     MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=1 MICROPY_PY_BTREE=0 FROZEN_MANIFEST= \
     CFLAGS_EXTRA="-DMICROPY_TRACKED_ALLOC=1 -I$MBSRC/tree/include -I$LIB -DMBEDTLS_CONFIG_FILE='\"mbedtls_config_board.h\"'" \

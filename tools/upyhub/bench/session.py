@@ -129,6 +129,11 @@ def smallest_heap(flash, lo=48 * 1024, hi=256 * 1024, step=2048, exe=None, extra
     return hi
 
 
+def _step(text):
+    """A progress line on stderr: the session benchmark runs for minutes."""
+    print("bench session: %s" % text, file=sys.stderr, flush=True)
+
+
 def run():
     from upyhub.hub.client import ServiceClient
 
@@ -136,6 +141,7 @@ def run():
     hub = None
     try:
         data = tmp / "hub"
+        _step("starting a local hub")
         hub = _hub.start(data, PORT, "bench session")[0]
         hostname, host, port, service, ca = sim.hub_info(data)
         assert isinstance(service, ServiceClient)
@@ -146,15 +152,19 @@ def run():
                         gateway=host)
         (tmp / "ca.pem").write_bytes(ca)
         argv, env = _firmware(flash, N)
+        _step("the firmware: connect, then %d messages" % N)
         fw_first, (n, fw_ms, fw_used) = _timed(argv, env=env)
+        _step("azure-iot-device: connect, then %d messages" % N)
         sdk_first, (_, sdk_ms, _) = _timed([sys.executable, "-c", SDK % BODY, sdk_key, hostname, "bench-sdk",
                                             str(tmp / "ca.pem"), str(N)])
         got = {d: len(service.telemetry(d)) for d in ("bench-fw", "bench-sdk")}
+        _step("the smallest heap the firmware runs in (a search: about a minute)")
         heap = smallest_heap(flash)
         mp32 = paths.BUILD / "micropython-32"
         boards = []
         if mp32.exists():
             for name, extra in BOARD_MODELS:
+                _step("the board-faithful 32-bit port, %s (heap in use, then the smallest heap)" % name)
                 argv, env = _firmware(flash, 20, exe=str(mp32), extra_env=extra)
                 used = _timed(argv, env=env)[1][2]
                 boards.append((name, used, smallest_heap(flash, 16 * 1024, 160 * 1024, 1024, str(mp32), extra)))

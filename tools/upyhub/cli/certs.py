@@ -1,7 +1,7 @@
 """upyhub certs: inspect root bundles, write the default Azure bundle, stage roots on a board's flash folder."""
-import json
 
 from upyhub import certs, files
+from upyhub.cli import add_output, print_json
 from upyhub.cli.hub import _service, add_service_args  # the hub verbs' way to find the hub's service API
 
 
@@ -11,8 +11,8 @@ def register(sub):
     cs.required = True
 
     q = cs.add_parser("inspect", help="subjects, SHA-256 fingerprints and not-after dates of a PEM bundle or DER file")
-    q.add_argument("file")
-    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.add_argument("file", help="PEM bundle or DER certificate to inspect")
+    add_output(q, "the certificates")
     q.set_defaults(func=run_inspect)
 
     q = cs.add_parser("bundle", help="write the default Azure roots (DigiCert Global Root G2 + Microsoft RSA Root CA 2017)")
@@ -24,19 +24,21 @@ def register(sub):
     q.add_argument("--timeout", type=int, default=30, help="seconds to wait for each device (1..300)")
     q.add_argument("--data", default=".upyhub", metavar="DIR", help="local hub state folder (default .upyhub)")
     add_service_args(q)
-    q.add_argument("file")
+    q.add_argument("file", help="PEM bundle or DER certificate to send (checked with the device's rules first)")
     q.set_defaults(func=run_push)
 
     q = cs.add_parser("stage", help="stage roots on a board connected over USB/serial (mpremote)")
     q.add_argument("--port", required=True, help="the board's serial port (e.g. /dev/ttyUSB0), as mpremote names it")
     q.add_argument("--certs-dir", default=None, help="certificate folder on the board (default: config.json's, else certs)")
-    q.add_argument("file")
+    q.add_argument("file", help="PEM bundle or DER certificate to stage")
+    add_output(q, "what was staged")
     q.set_defaults(func=run_stage)
 
     q = cs.add_parser("stage-local", help="stage roots in a flash folder (simulated board), in the device's own format")
-    q.add_argument("--flash", required=True, help="the board's flash folder")
+    q.add_argument("--flash", required=True, help="the board's flash folder (created when missing)")
     q.add_argument("--active", action="store_true", help="install as the active set instead (provisioning)")
-    q.add_argument("file")
+    q.add_argument("file", help="PEM bundle or DER certificate to write")
+    add_output(q, "the manifest written")
     q.set_defaults(func=run_stage_local)
 
 
@@ -51,8 +53,8 @@ def _print_certs(info):
 
 def run_inspect(args):
     info = certs.inspect(args.file)
-    if args.json:
-        print(json.dumps(info, indent=2))
+    if args.output == "json":
+        print_json(info)
         return
     print("%s: %d certificate(s), %d bytes, sha256 %s" % (info["file"], len(info["certs"]), info["bytes"], info["sha256"]))
     _print_certs(info)
@@ -73,6 +75,8 @@ def run_stage_local(args):
     else:
         m = certs.stage_local(args.flash, data)
         what = "staged"
+    if args.output == "json":
+        return print_json(m)
     print("%s seq %d in %s: %s" % (what, m["seq"], certs.certs_dir(args.flash), ", ".join(c["cn"] for c in m["certs"])))
 
 
@@ -97,4 +101,6 @@ def run_push(args):
 def run_stage(args):
     data = files.read_file(args.file)
     r = certs.stage_board(args.port, data, args.certs_dir)
+    if args.output == "json":
+        return print_json(r)
     print("staged seq %d on %s (/%s): %s" % (r["seq"], args.port, r["dir"], ", ".join(r["cns"])))

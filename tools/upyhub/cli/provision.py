@@ -3,7 +3,8 @@ import os
 import sys
 
 from upyhub import build, files, provision
-from upyhub.errors import UsageError
+from upyhub.cli import add_output, print_json
+from upyhub.errors import UpyhubError, UsageError
 
 
 def register(sub):
@@ -15,29 +16,46 @@ def register(sub):
     p.add_argument("--device-id", help="the device id to provision")
     p.add_argument("--batch", metavar="CSV", help="provision many boards: rows of port,device_id[,wifi_ssid]; "
                                                   "rows repeating the previous port prompt to swap boards")
-    p.add_argument("--board", required=True, choices=sorted(build.BOARDS))
+    p.add_argument("--board", required=True, choices=sorted(build.BOARDS),
+                   help="the kind of board: checked against what the board reports before anything is written")
+    p.add_argument("--data", metavar="DIR",
+                   help="a running local hub's data folder: its registryReadWrite policy, CA, address and ports "
+                        "(instead of --hub-cs-file, --hub-ca, --gateway, --https-port, --mqtt-port)")
     p.add_argument("--hub-cs-file", help="file with a policy connection string that has RegistryReadWrite")
     p.add_argument("--hub-ca", help="CA certificate(s) to check the hub's HTTPS service with (default: system)")
     p.add_argument("--gateway", help="address to connect to instead of the hub's hostname (TLS still checks it)")
-    p.add_argument("--https-port", type=int, default=443)
-    p.add_argument("--mqtt-port", type=int, default=8883)
+    p.add_argument("--https-port", type=int, default=None, help="the hub's service API port (default 443)")
+    p.add_argument("--mqtt-port", type=int, default=None, help="the hub's MQTT/TLS port for devices (default 8883)")
     p.add_argument("--roots", help="root certificates the board trusts (default: --hub-ca, else Azure's roots)")
-    p.add_argument("--wifi-ssid")
-    p.add_argument("--wifi-password-file")
+    p.add_argument("--wifi-ssid", help="the Wi-Fi network the board joins (written to config.json)")
+    p.add_argument("--wifi-password-file", help="file holding the Wi-Fi password (written to secrets.json)")
     p.add_argument("--group-key-file", help="derive the device key from this DPS group enrollment key")
     p.add_argument("--rotate-key", action="store_true", help="give the device a new key (hub and board together)")
+    p.add_argument("--force", action="store_true",
+                   help="re-identify a board provisioned as another device (that identity stays on the hub)")
+    p.add_argument("--remove-old", action="store_true",
+                   help="with a board provisioned as another device: re-identify it and remove the old identity "
+                        "from the hub once the new one works (implies --force)")
     p.add_argument("--no-reset", action="store_true", help="leave the board without resetting it at the end")
     p.add_argument("--timeout", type=int, default=120, help="seconds per board session (default 120)")
+    add_output(p, "the summary")
     p.set_defaults(func=run)
 
 
 def _options(args):
+    local = provision.local_hub(args.data) if args.data else {}
+    for name in ("hub_ca", "gateway", "https_port", "mqtt_port"):
+        if getattr(args, name) is None and name in local:
+            setattr(args, name, local[name])
+    args.https_port = args.https_port or 443
+    args.mqtt_port = args.mqtt_port or 8883
     if args.hub_cs_file:
         cs = provision.read_secret_file(args.hub_cs_file, "hub connection string")
     else:
-        cs = os.environ.get("UPYHUB_HUB_CS", "").strip()
+        cs = os.environ.get("UPYHUB_HUB_CS", "").strip() or local.get("hub_cs")
         if not cs:
-            raise UsageError("give the hub connection string with --hub-cs-file or $UPYHUB_HUB_CS")
+            raise UsageError("give the hub connection string with --hub-cs-file or $UPYHUB_HUB_CS "
+                             "(or --data DIR for a local hub)")
     pw = None
     if args.wifi_password_file:
         pw = provision.read_secret_file(args.wifi_password_file, "Wi-Fi password")
@@ -51,7 +69,8 @@ def _options(args):
     return provision.Options(args.port, args.device_id, cs, board=args.board, hub_ca=args.hub_ca,
                              gateway=args.gateway, https_port=args.https_port, mqtt_port=args.mqtt_port, roots=roots,
                              wifi_ssid=args.wifi_ssid, wifi_password=pw, group_key=group, rotate=args.rotate_key,
-                             reset=not args.no_reset, timeout=args.timeout)
+                             reset=not args.no_reset, timeout=args.timeout, force=args.force,
+                             remove_old=args.remove_old)
 
 
 def _say(msg):
@@ -59,10 +78,11 @@ def _say(msg):
 
 
 def _line(s):
-    return "%s on %s: hub %s, %s, token %s" % (
-        s["device_id"], s["port"], s["hub"], ("wrote " + ", ".join(s["changed"][:4]) +
-                                              (" and %d more" % (len(s["changed"]) - 4) if len(s["changed"]) > 4 else ""))
-        if s["changed"] else "nothing to write", s["check"])
+    changed = s["changed"]
+    wrote = "wrote " + ", ".join(changed[:4]) + (" and %d more" % (len(changed) - 4) if len(changed) > 4 else "")
+    return "%s on %s: hub %s, %s, token %s%s" % (
+        s["device_id"], s["port"], s["hub"], wrote if changed else "nothing to write", s["check"],
+        "; old identity " + s["old"] if s.get("old") else "")
 
 
 def run(args):
@@ -73,7 +93,10 @@ def run(args):
     if not args.port or not args.device_id:
         raise UsageError("give a port and --device-id (or --batch CSV)")
     summary = provision.provision(_options(args), say=_say)
-    print(_line(summary))
+    if args.output == "json":
+        print_json(summary)
+    else:
+        print(_line(summary))
 
 
 def _batch(args):
@@ -103,7 +126,7 @@ def _batch(args):
             try:
                 s = provision.provision(opts, say=lambda m: None)
                 results.append((row, "ok", "hub %s, %d files written" % (s["hub"], len(s["changed"]))))
-            except UsageError as exc:
+            except UpyhubError as exc:
                 results.append((row, "FAILED", str(exc)))
             bar.advance(task)
     table = Table(title="provisioning summary")

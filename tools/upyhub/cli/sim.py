@@ -8,10 +8,11 @@ from upyhub.errors import UsageError
 
 def register(sub):
     p = sub.add_parser("sim", help="run the device firmware on the unix port (a folder is its flash)",
-                       description="Run boot.py + main.py on the MicroPython unix port with DIR as the flash. "
-                                   "With --device and a flash folder that holds no config.json yet, the device is "
-                                   "registered on the running local hub (--hub) and its flash folder written first. "
-                                   "A board reset boots it again; Ctrl-C stops it.")
+                       description="Run boot.py + main.py on the MicroPython unix port with DIR as the flash, "
+                                   "confined to it (the first line says how). With --device and a flash folder "
+                                   "that holds no config.json yet, the device is registered on the running local "
+                                   "hub (--hub) and its flash folder written first. A board reset boots it again; "
+                                   "Ctrl-C stops it.")
     p.add_argument("--flash", required=True, metavar="DIR", help="the board's flash folder")
     p.add_argument("--device", metavar="ID", help="device id (provisions DIR from the local hub when it is empty)")
     p.add_argument("--hub", default=".upyhub", metavar="DATA", help="local hub data folder (default .upyhub)")
@@ -19,6 +20,8 @@ def register(sub):
                    help="seconds between readings when provisioning (default 10)")
     p.add_argument("--heapsize", default=None, help="MicroPython heap (e.g. 128K; default: the port's)")
     p.add_argument("--source", action="store_true", help="run the checkout's .py files instead of build/mpy")
+    p.add_argument("--unconfined", action="store_true",
+                   help="run without the kernel sandbox, where the kernel lacks Landlock (trusted code only)")
     p.set_defaults(func=run)
 
 
@@ -28,17 +31,10 @@ def _interrupt(signum, frame):
 
 def run(args):
     flash = pathlib.Path(args.flash)
-    cfg = flash / "config.json"
-    if cfg.is_file():
-        if args.device:
-            import json
-
-            try:
-                have = json.loads(cfg.read_text()).get("device_id")
-            except (ValueError, AttributeError):
-                raise UsageError("%s is not a JSON object" % cfg)
-            if have != args.device:
-                raise UsageError("%s is provisioned for device %r, not %r" % (flash, have, args.device))
+    cfg = sim.read_config(flash) if flash.is_dir() else None
+    if cfg is not None:
+        if args.device and cfg.get("device_id") != args.device:
+            raise UsageError("%s is provisioned for device %r, not %r" % (flash, cfg.get("device_id"), args.device))
     elif args.device:
         settings = {}
         if args.telemetry_interval is not None:
@@ -51,7 +47,7 @@ def run(args):
         raise UsageError("%s holds no config.json: give --device ID to provision it from the local hub" % flash)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return sim.run(flash, heapsize=args.heapsize, source=args.source)
+        return sim.run(flash, heapsize=args.heapsize, source=args.source, confine=not args.unconfined)
     except KeyboardInterrupt:
         print("sim: stopped")
         return 0
