@@ -18,7 +18,7 @@ import threading
 import time
 
 from upyhub import paths, sim
-from upyhub.errors import UsageError
+from upyhub.errors import UpyhubError
 from upyhub.hub.client import ServiceError
 
 DEVICE = "demo-device-1"
@@ -124,7 +124,7 @@ def main(argv=None):
                 return 0
     except KeyboardInterrupt:
         return 0
-    except (ServiceError, UsageError, OSError) as e:
+    except (ServiceError, UpyhubError, OSError) as e:
         say("demo", "stopping: %s" % e)
         return 1
     finally:
