@@ -62,9 +62,12 @@ def run(s, board, cfg):
         if time.ticks_diff(now, due) >= 0:
             seq += 1
             t = board.read_sensor()
-            s.send('{"temperature":%.2f,"seq":%d}' % (t, seq), {"sensor": "temperature", "seq": seq})
-            gc.collect()  # a small collection per beat keeps the heap from fragmenting
-            print("app: telemetry %d queued (%.2f C, heap %d used)" % (seq, t, gc.mem_alloc()))
+            try:
+                mid = s.send('{"temperature":%.2f,"seq":%d}' % (t, seq), {"sensor": "temperature", "seq": seq})
+                gc.collect()  # a small collection per beat keeps the heap from fragmenting
+                print("app: telemetry %d queued as %s (%.2f C, heap %d used)" % (seq, mid, t, gc.mem_alloc()))
+            except Exception as e:  # outbox full (refuse policy) or the flash failed: this reading is lost
+                print("app: telemetry %d not recorded: %s" % (seq, e))
             due = time.ticks_add(due, int(st["interval"] * 1000))
             if time.ticks_diff(now, due) > 0:  # fell behind (offline): no burst, restart the beat
                 due = time.ticks_add(now, int(st["interval"] * 1000))

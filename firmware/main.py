@@ -7,7 +7,7 @@ import time
 import board
 from iothub import transport
 
-transport.reserve()  # the TLS context first, while the heap is still in one piece
+transport.reserve(getattr(board, "TLS_ROOM", None))  # TLS first, while the heap is still in one piece
 
 
 def _config(root):

@@ -7,6 +7,7 @@
 from iothub import station
 
 NAME = "esp32"
+TLS_ROOM = None  # ESP-IDF's mbed TLS allocates outside the Python heap: nothing to hold
 LED_PIN = 2  # the on-board LED of most ESP32 DevKits; set to None for boards without one
 BACKOFF_MS = 1000  # first pause between attempts; doubles, capped at 8 s
 _POLL_MS = 100

@@ -9,6 +9,9 @@ import time
 from iothub import station
 
 NAME = "rp2_pico_w"
+# MicroPython's bare-metal mbed TLS config allocates on the Python heap: hold room for a TLS session's
+# record buffers (16 KB of content + overhead, and the 4 KB output buffer) from boot (iothub.transport).
+TLS_ROOM = (16384 + 1024, 6144)
 BACKOFF_MS = 1000  # first pause between attempts; doubles, capped at 8 s
 HW_WDT_MAX_MS = 8000  # the RP2040 watchdog cannot count longer than ~8.3 s
 _POLL_MS = 100

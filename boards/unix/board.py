@@ -7,6 +7,19 @@ import os
 NAME = "unix"
 
 
+def _tls_room():
+    # The memory model of the port this runs on: build/micropython-32 puts mbed TLS on the Python heap
+    # (as rp2 does) unless MP32_MBEDTLS_ALLOC=libc (as ESP32 does); the 64-bit port uses libc.
+    import sys
+
+    if sys.maxsize < 2**32 and os.getenv("MP32_MBEDTLS_ALLOC") != "libc":
+        return (16384 + 1024, 6144)
+    return None
+
+
+TLS_ROOM = _tls_room()  # see boards/rp2_pico_w/board.py
+
+
 class NetworkError(Exception):
     def __init__(self, reason):
         super().__init__(reason)

@@ -65,6 +65,25 @@ def _step(op, path):
         _hook(op, path)
 
 
+def civil_from_days(z):
+    z += 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + (3 if mp < 10 else -9)
+    return yoe + era * 400 + (m <= 2), m, d
+
+
+def iso(t):
+    # Unix seconds -> "YYYY-MM-DDTHH:MM:SSZ" (what the twin reports).
+    days, s = divmod(int(t), 86400)
+    y, m, d = civil_from_days(days)
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (y, m, d, s // 3600, s // 60 % 60, s % 60)
+
+
 def _sha(data):
     return binascii.hexlify(hashlib.sha256(data).digest()).decode()
 
@@ -191,9 +210,9 @@ def check(data, sha256_hex=None, now=None, max_bytes=MAX_BYTES, tls_check=False)
         if not c.self_issued:
             raise ValueError(name + " is not a root (its issuer is another CA): pin roots, not intermediates")
         if c.not_after <= t:
-            raise ValueError(name + " expired on " + clock.iso(c.not_after))
+            raise ValueError(name + " expired on " + iso(c.not_after))
         if c.not_before > t:
-            raise ValueError(name + " is not valid before " + clock.iso(c.not_before))
+            raise ValueError(name + " is not valid before " + iso(c.not_before))
     if tls_check:
         _tls_check(data)
     return certs
@@ -563,9 +582,9 @@ class Store:
             out["active"] = {
                 "seq": act["seq"],
                 "source": act.get("source"),
-                "certs": [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": clock.iso(c["notAfter"])} for c in act["certs"]],
+                "certs": [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": iso(c["notAfter"])} for c in act["certs"]],
             }
-            out["earliestExpiry"] = clock.iso(act["notAfter"])
+            out["earliestExpiry"] = iso(act["notAfter"])
             if clock.is_set(t):
                 out["expiresInDays"] = (act["notAfter"] - t) // DAY
                 out["expiryWarning"] = act["notAfter"] - t < warn_days * DAY
@@ -589,6 +608,6 @@ class Store:
             for c in act["certs"]:
                 left = c["notAfter"] - t
                 if left < warn_days * DAY:
-                    out.append({"cn": c["cn"], "sha256": c["sha256"], "notAfter": clock.iso(c["notAfter"]),
+                    out.append({"cn": c["cn"], "sha256": c["sha256"], "notAfter": iso(c["notAfter"]),
                                 "daysLeft": left // DAY})
         return out

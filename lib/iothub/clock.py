@@ -28,22 +28,3 @@ def require_set():
     if t < BUILD_TIME:
         raise ValueError("clock is not set (it reads before the firmware's build date): set it by NTP first")
     return t
-
-
-def civil_from_days(z):
-    z += 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + (3 if mp < 10 else -9)
-    return yoe + era * 400 + (m <= 2), m, d
-
-
-def iso(t):
-    # Unix seconds -> "YYYY-MM-DDTHH:MM:SSZ" (what the twin reports).
-    days, s = divmod(int(t), 86400)
-    y, m, d = civil_from_days(days)
-    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (y, m, d, s // 3600, s // 60 % 60, s % 60)

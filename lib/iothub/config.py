@@ -23,7 +23,11 @@ DEFAULTS = {
     "refused_retry": 300,  # s to wait after the hub refused the credentials (CONNACK 4/5)
     "stable_after": 60,  # s a connection must stay up before the backoff starts again from 1 s
     "memory_resets_after": 5,  # connect attempts failing for lack of memory in a row before a clean reset
-    "queue_len": 16,  # messages kept while offline (oldest dropped beyond)
+    "outbox": "flash",  # telemetry kept until acknowledged: "flash" (survives resets) or "ram"
+    "outbox_dir": "outbox",
+    "outbox_kb": 64,  # at most this much of it (a 1 MB filesystem keeps room for the rest)
+    "outbox_full": "drop-oldest",  # when full: "drop-oldest" (counted) or "refuse" (send() raises)
+    "inflight": 8,  # QoS 1 messages published before their PUBACKs
     "io_timeout": 20,  # s: TLS handshake, CONNECT/CONNACK, a packet stalled mid-way, a hub not reading
 }
 # Files are sized before they are read: a huge file is a config problem, not a MemoryError.
@@ -107,7 +111,14 @@ def check(cfg, secrets):
     _int(cfg, "refused_retry", 1, 86400, problems)
     _int(cfg, "stable_after", 1, 3600, problems)
     _int(cfg, "memory_resets_after", 1, 1000, problems)
-    _int(cfg, "queue_len", 1, 1000, problems)
+    _int(cfg, "outbox_kb", 1, 16384, problems)
+    _int(cfg, "inflight", 1, 32, problems)
+    if cfg.get("outbox") not in ("flash", "ram"):
+        problems.append("config.json: outbox must be \"flash\" or \"ram\"")
+    if cfg.get("outbox_full") not in ("drop-oldest", "refuse"):
+        problems.append("config.json: outbox_full must be \"drop-oldest\" or \"refuse\"")
+    if not _str(cfg.get("outbox_dir")) or "/" in cfg["outbox_dir"] or cfg["outbox_dir"] in (".", ".."):
+        problems.append("config.json: outbox_dir must be a folder name")
     _int(cfg, "io_timeout", 1, 120, problems)
     lo, hi = cfg.get("telemetry_interval_min"), cfg.get("telemetry_interval_max")
     if not _num(lo) or not _num(hi) or not 0 < lo <= hi <= 86400 * 7:
@@ -167,4 +178,28 @@ def load(root):
             problems.append("secrets.json: missing (%s/secrets.json), the device key lives there" % root)
     if problems:
         raise ConfigError(problems)
-    return check(cfg, secrets if secrets is not None else {})
+    cfg, secrets = check(cfg, secrets if secrets is not None else {})
+    if cfg["outbox"] == "flash":
+        room = _room(root, cfg["outbox_dir"])
+        if room is not None and cfg["outbox_kb"] * 1024 > room:
+            raise ConfigError(["config.json: outbox_kb is %d KB, more than the flash has for it (%d KB free)"
+                               % (cfg["outbox_kb"], room // 1024)])
+    return cfg, secrets
+
+
+def _room(root, name):
+    # Bytes the outbox can have: what is free on the filesystem plus what it already holds.
+    import os
+
+    try:
+        st = os.statvfs(root or "/")
+    except (OSError, AttributeError):
+        return None
+    room = st[0] * st[3]
+    try:
+        d = root + "/" + name
+        for n in os.listdir(d):
+            room += os.stat(d + "/" + n)[6]
+    except OSError:
+        pass
+    return room

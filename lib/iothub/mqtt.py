@@ -4,7 +4,9 @@
 # (and umqtt) only to connect, and unloads both once connected: ~10 KB of code off the heap.
 import sys
 
-from iothub import transport
+from umqtt.simple import MQTTClient, MQTTException
+
+from iothub import handshake, transport
 
 
 class Refused(Exception):
@@ -34,7 +36,7 @@ class _Wrapper:
 
     def wrap_socket(self, sock, server_hostname=None, **kw):
         self.raw = sock
-        s = transport.wrap_socket(sock, **self.params)
+        s = handshake.wrap_socket(sock, **self.params)
         self.ok = True
         return s
 
@@ -54,8 +56,6 @@ def _install_ussl(wrapper):
 def connect(client_id, address, port, user, password, keepalive, tls_params):
     # -> (TLS socket, plain socket), connected (CONNACK 0). Raises transport.TLSError (nothing was
     # sent), Refused or Failed; never umqtt's bare AssertionError/IndexError/TypeError.
-    from umqtt.simple import MQTTClient, MQTTException
-
     w = _Wrapper(tls_params)
     _install_ussl(w)
     try:  # 1.3.4 and 1.5+ take ssl_params; 1.4 only `ssl`
@@ -69,7 +69,7 @@ def connect(client_id, address, port, user, password, keepalive, tls_params):
             if c.sock is not None:  # raised inside connect (a short CONNACK read), not by its signature
                 raise
             c.connect()
-    except transport.TLSError:
+    except handshake.TLSError:
         _close(c.sock)
         raise
     except MQTTException as e:
@@ -91,7 +91,7 @@ def connect(client_id, address, port, user, password, keepalive, tls_params):
         sys.modules.pop("ussl", None)
     if w.raw is None:  # a umqtt that did its own TLS: never accept an unverified session
         _close(c.sock)
-        raise transport.TLSError("umqtt did not use the verifying wrapper", "verify")
+        raise handshake.TLSError("umqtt did not use the verifying wrapper", "verify")
     s = c.sock
     c.sock = None  # umqtt is done: nothing of it holds the connection
     return s, w.raw

@@ -38,6 +38,22 @@ class Attempt:
         r.changed = True
 
 
+def _verified(path, sha):
+    # The file's bytes if they still hash to what its manifest said (flash can rot), else None.
+    import binascii
+    import hashlib
+    import os
+
+    try:
+        if os.stat(path)[6] > 16384:
+            return None
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data if binascii.hexlify(hashlib.sha256(data).digest()).decode() == sha else None
+
+
 class Roots:
     def __init__(self, certs_dir, warn_days=30, log=print):
         self.dir = certs_dir
@@ -48,6 +64,9 @@ class Roots:
         self._status = None  # JSON text of `rootCerts`, until something changes
         self.expiring = []  # active roots expiring within warn_days, as of the last refresh
         self.changed = True
+        # (file, sha256) of the active set while nothing else is pending (no staged set, no failures,
+        # no set kept in RAM only): a connection then reads and checks that file without the store.
+        self._fast = None
 
     def use(self, fn):
         # fn(store) with the store loaded, then unloaded (also after a MemoryError in an import).
@@ -58,7 +77,11 @@ class Roots:
             s = certstore.Store(self.dir, ram=self._ram)
             return fn(s)
         finally:
+            self._fast = None
             if s is not None:
+                m = s.slot("active")
+                if m is not None and not s._usable_staged() and not s.ram.get("prefer"):
+                    self._fast = (self.dir + "/active/" + m["file"], m["sha256"])
                 for p in s.problems:
                     if p not in self._logged:
                         self._logged.append(p)
@@ -69,9 +92,19 @@ class Roots:
             transport._unload("certstore", "x509", "rootupdate")
             gc.collect()
 
+    def active_data(self):
+        # The active set's bytes when nothing else is pending (read and checked without the store), else None.
+        f = self._fast
+        if f is not None and not self._ram.get("failures"):
+            return _verified(f[0], f[1])
+        return None
+
     def attempt(self):
         # The set for the next handshake. Raises ValueError when the flash holds no valid roots.
-        data, slot = self.use(lambda s: s.roots_for_connect())
+        data = self.active_data()
+        if data is not None:
+            return Attempt(self, data, "active")
+        data, slot = self.use(lambda s: s.roots_for_connect())  # the store decides (and reports damage)
         return Attempt(self, data, slot)
 
     def report(self):

@@ -7,7 +7,7 @@
 # Payload: {"pem": "<PEM text>", "sha256": "<hex>"} or {"der": "<base64 DER>", "sha256": "<hex>"}.
 import json
 
-from iothub import clock, crypto, x509
+from iothub import crypto, x509
 
 METHOD = "updateRootCerts"
 
@@ -64,7 +64,7 @@ def handle(store, payload):
         from iothub.transport import why
 
         return _refuse("could not write the staged set to flash: %s" % why(e), 500)
-    certs = [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": clock.iso(c["notAfter"])} for c in m["certs"]]
+    certs = [{"cn": c["cn"], "sha256": c["sha256"], "notAfter": x509.iso(c["notAfter"])} for c in m["certs"]]
     if m is store.slot("active"):
         return 200, {"status": "active", "seq": m["seq"], "certs": certs, "message": "these roots are already the active set"}
     return 200, {

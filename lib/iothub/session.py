@@ -27,6 +27,9 @@
 #   clock unset      minting refuses (clock.require_set); set_clock() is asked, back off.
 #   CONNECT refused  CONNACK 4/5 (bad credentials, disabled or unknown device): logged once,
 #                    retried every `refused_retry` s (slow, never a hot loop); the clock is re-read.
+#   power lost       telemetry is on flash (iothub.outbox) before send() returns; after a reset what
+#                    was not acknowledged is sent again, in order, before anything newer ($.mid
+#                    tells duplicates apart). Up to `inflight` messages are in flight at once.
 #   hostile input    a packet larger than IoT Hub sends on its topic, or than the heap can hold, is
 #                    skipped without being allocated (acknowledged if QoS 1, so it is not sent
 #                    again), logged and counted (`inboundDropped` reported); a topic that does not
@@ -89,9 +92,28 @@ class Session:
         self.connected = False
         self.refused = None  # CONNACK code while the hub refuses us
         self.connects = 0
-        self.dropped = 0  # telemetry dropped from a full queue
         self.inbound_dropped = 0  # messages from the hub skipped (too large, no memory, unreadable)
-        self._queue = []  # [topic, body, pid]: not yet PUBACKed (pid 0: not sent on this connection)
+        self.outbox = None
+        if cfg["outbox"] == "flash":
+            from iothub.outbox import Outbox
+
+            try:
+                self.outbox = Outbox(self.root + "/" + cfg["outbox_dir"], cfg["outbox_kb"] * 1024,
+                                     full=cfg["outbox_full"], ack_every=cfg["inflight"], log=log)
+            except OSError as e:  # read-only or full flash: the device still works, without durability
+                log("outbox: the flash cannot hold it (%s): telemetry is kept in RAM only" % _why(e))
+        if self.outbox is None:
+            from iothub.outboxram import RamOutbox
+
+            self.outbox = RamOutbox(cfg["outbox_kb"] * 1024, full=cfg["outbox_full"], log=log)
+        self._reports = []  # [topic, body, pid]: reported patches not yet PUBACKed (RAM: the app reports again at boot)
+        self._inflight = []  # [pid, outbox ref (None: a report), acknowledged] in the order they were sent
+        self._dup = 0  # messages to flag DUP: those that were in flight when the connection was lost
+        import binascii
+        import os
+
+        self._boot = binascii.hexlify(os.urandom(4)).decode()  # $.mid = <boot>-<n>: unique across resets
+        self._mid = 0
         self._c = None
         ttl = cfg["token_ttl"]
         self._margin = min(120, max(2, ttl // 5))
@@ -110,20 +132,48 @@ class Session:
         self._health = [0, time.ticks_add(time.ticks_ms(), -_HEALTH_EVERY_MS)]  # [inbound_dropped reported, when]
         try:
             roots.report()  # described now, while no TLS session holds the heap (kept as text)
+            self._prime()
         except MemoryError:
             pass
+
+    def _prime(self):
+        # The TLS context gets the roots now rather than at the first handshake: where mbed TLS parses
+        # them on the Python heap (rp2), the room for the session's buffers is then taken while the
+        # heap is still in one piece (transport). X.509 devices add their certificate at connect.
+        data = self.roots.active_data() if self.cfg["auth"] == "sas" else None
+        if data is None:
+            return
+        from iothub import handshake
+
+        try:
+            handshake.context(data)
+        finally:
+            handshake = data = None
+            transport._unload("handshake")
+        transport.keep_room()
 
     # ---- application API
 
     def send(self, body, properties=None, content_type="application/json", encoding="utf-8"):
-        # Telemetry, QoS 1: queued, sent by poll(), kept until PUBACKed (re-sent after a reconnect).
+        # Telemetry, QoS 1: recorded in the outbox (on flash unless config says "ram") before this
+        # returns, published by poll(), kept until PUBACKed. Returns its message id ($.mid).
+        # Raises outbox.Full (outbox_full "refuse") or OSError (the flash failed: not recorded).
         if not isinstance(body, (str, bytes, bytearray)):
             body = json.dumps(body)
-        self._add(topics.telemetry(self.device_id, properties, content_type, encoding), body)
+        self._mid += 1
+        mid = "%s-%d" % (self._boot, self._mid)
+        self.outbox.append(topics.telemetry(self.device_id, properties, content_type, encoding, mid), body)
+        return mid
 
     def report(self, patch):
-        # Twin reported-properties patch (a dict, or its JSON text); the hub answers 204.
-        self._add(topics.twin_reported(topics.next_rid()), patch if isinstance(patch, str) else json.dumps(patch))
+        # Twin reported-properties patch (a dict, or its JSON text); the hub answers 204. In RAM.
+        r = self._reports
+        if len(r) >= 16:  # the oldest unsent report gives way (an app that reports in a loop)
+            for i in range(len(r)):
+                if r[i][2] == 0:
+                    del r[i]
+                    break
+        r.append([topics.twin_reported(topics.next_rid()), patch if isinstance(patch, str) else json.dumps(patch), 0])
 
     def get_twin(self):
         # The full twin arrives on on_twin (and its desired part on on_desired).
@@ -133,7 +183,8 @@ class Session:
             self._last_tx = time.ticks_ms()
 
     def pending(self):
-        return len(self._queue)
+        # Messages not yet acknowledged by the hub (telemetry and reported patches).
+        return self.outbox.depth + len(self._reports)
 
     def poll(self, wait_ms=0):
         # One step: (re)connect when due, renew, send queued messages, ping, read for up to wait_ms.
@@ -171,7 +222,9 @@ class Session:
         return self.connected
 
     def close(self):
+        # Disconnect cleanly (and record on flash what the hub acknowledged).
         self._close(True)
+        self.outbox.close()
 
     # ---- connection
 
@@ -180,104 +233,27 @@ class Session:
         self.log("retry in %d ms (attempt %d)" % (d, self._backoff.attempt))
         self._next_try = time.ticks_add(time.ticks_ms(), d)
 
-    def _password(self):
-        # Returns (token, expiry) or raises ValueError for an unset clock. Never logged.
-        t = clock.require_set()
-        exp = t + self.cfg["token_ttl"]
-        from iothub import sas
-
-        try:
-            return sas.device_token(self.hostname, self.device_id, self._key, expiry=exp), exp
-        finally:  # needed once an hour: its ~4 KB of code are off the heap for the TLS handshake
-            sas = None
-            transport._unload("sas", "crypto")
-
-    def _credentials(self):
-        # -> (password, expiry, cert, key), or None after logging why there are none.
-        if self.cfg["auth"] == "x509":
-            x = self.cfg["x509"]
-            try:
-                return "", None, self._file(x["cert"]), self._file(x["key"])
-            except (OSError, ValueError) as e:
-                self.log("x509 certificate or key unusable on flash: %s" % _why(e))
-                return None
-        try:
-            password, expiry = self._password()
-            return password, expiry, None, None
-        except ValueError as e:
-            self.log("cannot mint a token: %s" % e)
-            if self.set_clock is not None:
-                try:
-                    self.set_clock()
-                except Exception as e2:
-                    self.log("setting the clock failed: %s" % (str(e2) or _why(e2)))
-            return None
-
     def _connect(self):
-        if self.net is not None:
-            try:
-                self.net()
-            except Exception as e:
-                self.log("network unavailable: %s" % getattr(e, "reason", _why(e)))
-                self._retry()
-                return
+        from iothub import connect  # loaded only to connect (with sas, TLS and umqtt)
+
         try:
-            cred = self._credentials()
-            if cred is None:
-                self._retry()
-                return
-            att = self.roots.attempt()  # the root set is chosen here, before any socket exists
-        except MemoryError:
-            self._no_memory("not enough memory to prepare the connection")
-            return
-        except ValueError as e:  # no valid roots on flash
-            self.log("cannot connect: %s" % e)
-            self._retry()
-            return
-        password, expiry, cert, key = cred
-        cred = None
-        addr = self.cfg["gateway"] or self.hostname
-        try:
-            from iothub import mqtt  # the umqtt adapter: loaded only to connect
-        except MemoryError:
-            att.done("untried")
-            self._no_memory("not enough memory to load umqtt")
-            return
-        try:
-            sock, raw = mqtt.connect(self.device_id, addr, self.cfg["port"],
-                                     topics.username(self.hostname, self.device_id), password,
-                                     self.cfg["keepalive"],
-                                     transport.params(self.hostname, att.data, cert, key, self.cfg["io_timeout"]))
-        except transport.TLSError as e:
-            att.done("verify" if e.kind == "verify" else "untried")
-            if e.kind == "memory":
-                self._no_memory(str(e))
+            c, expiry, self._sub_pid = connect.dial(self.cfg, self._key, self.roots, self.root, self.net,
+                                                    self.set_clock, self.log)
+        except connect.Failure as f:
+            if f.kind == "memory":
+                self._no_memory(str(f))
+            elif f.kind == "refused":
+                self._refused(f.code, self.cfg["auth"] != "x509")
             else:
-                self.log("TLS refused: %s" % e)
+                self.log(str(f))
                 self._retry()
             return
-        except mqtt.Refused as e:
-            att.done("ok")
-            self._refused(e.code, expiry)
-            return
         except MemoryError:
-            att.done("untried")
             self._no_memory("not enough memory to connect")
             return
-        except mqtt.Failed as e:
-            att.done("ok" if e.tls else "untried")
-            if e.memory:
-                self._no_memory("not enough memory to connect")
-            else:
-                self.log("connect failed: %s" % e)
-                self._retry()
-            return
         finally:
-            password = mqtt = None
-            transport._unload("mqtt", "umqtt.simple")
-        att.done("ok")
-        att = None
-        c = wire.Conn(sock, raw, self.cfg["io_timeout"] * 1000)
+            connect = None
+            transport._unload("connect")
         self._c = c
         self.connected = True
         self.refused = None
@@ -287,24 +263,26 @@ class Session:
         self._up_at = self._last_tx = self._last_rx = now
         self._stable = False
         self._subscribed = False
-        for m in self._queue:  # not acknowledged on the last connection: sent again
-            m[2] = 0
+        # Whatever was not acknowledged on the last connection is sent again, first, in order.
+        self._dup = len(self._inflight)
+        self._inflight = []
+        self.outbox.rewind()
+        for r in self._reports:
+            r[2] = 0
         if expiry is None:
             self._renew_at = None  # certificates are not renewed by reconnecting
             self.log("connected to %s as %s (x509)" % (self.hostname, self.device_id))
         else:
             self._renew_at = expiry - self._margin
             self.log("connected to %s as %s (token valid %d s)" % (self.hostname, self.device_id, expiry - clock.now()))
-        self._sub_pid = c.next_pid()
-        c.subscribe(self._sub_pid, topics.subscriptions(self.device_id))  # one round trip for all four
 
-    def _refused(self, code, expiry):
+    def _refused(self, code, sas):
         if code in (4, 5):
             if self.refused != code:
                 self.log("CONNECT refused by the hub: %s (CONNACK %d); retrying every %d s"
                          % (_REFUSED[code], code, self.cfg["refused_retry"]))
             self.refused = code
-            if self.set_clock is not None and expiry is not None:
+            if self.set_clock is not None and sas:
                 try:  # a drifted clock makes tokens the hub calls expired: re-read the time
                     self.set_clock()
                 except Exception:
@@ -323,15 +301,6 @@ class Session:
             self.log("resetting the board: %d connection attempts in a row failed for lack of memory" % n)
             self.reset()
         self._retry()
-
-    def _file(self, name):
-        import os
-
-        path = self.root + "/" + name
-        if os.stat(path)[6] > 8192:
-            raise ValueError("%s is larger than 8192 bytes" % name)
-        with open(path, "rb") as f:
-            return f.read()
 
     def _close(self, graceful):
         c = self._c
@@ -361,9 +330,10 @@ class Session:
         except MemoryError:
             self.log("not enough memory to report rootCerts now")
         self._roots_due = time.ticks_add(time.ticks_ms(), 0 if self.roots.expiring else DAY_MS)
-        if self.inbound_dropped:
-            self._health[1] = time.ticks_add(time.ticks_ms(), -_HEALTH_EVERY_MS)
-            self._health[0] = -1
+        # the backlog this connection starts with, and what was dropped so far
+        self.report({"inboundDropped": self.inbound_dropped, "outboxDropped": self.outbox.dropped,
+                     "outboxDepth": self.outbox.depth})
+        self._health[0] = self.inbound_dropped + self.outbox.dropped
 
     def _duties(self, now):
         # Daily: the roots' expiry (an alert as telemetry while one is close). When changed: counters.
@@ -380,31 +350,59 @@ class Session:
             except MemoryError:
                 self._roots_due = time.ticks_add(now, 60000)
         h = self._health
-        if h[0] != self.inbound_dropped and time.ticks_diff(now, h[1]) >= _HEALTH_EVERY_MS:
-            h[0] = self.inbound_dropped
+        drops = self.inbound_dropped + self.outbox.dropped
+        if h[0] != drops and time.ticks_diff(now, h[1]) >= _HEALTH_EVERY_MS:
+            h[0] = drops
             h[1] = now
-            self.report({"inboundDropped": self.inbound_dropped})
+            self.report({"inboundDropped": self.inbound_dropped, "outboxDropped": self.outbox.dropped,
+                         "outboxDepth": self.outbox.depth})
 
     # ---- traffic
 
-    def _add(self, topic, body):
-        q = self._queue
-        if len(q) >= self.cfg["queue_len"]:
-            q.pop(0)
-            self.dropped += 1
-            if self.dropped % 10 == 1:  # not a line per message during a long outage
-                self.log("queue full: dropped the oldest message (%d so far)" % self.dropped)
-        q.append([topic, body, 0])
-
     def _flush(self):
-        # One message in flight: the next goes once the hub has acknowledged the one before.
-        q = self._queue
-        if q and self.connected and q[0][2] == 0:
-            m = q[0]
-            pid = self._c.next_pid()
-            self._c.publish(m[0], m[1], 1, pid, dup=False)
-            m[2] = pid
+        # Publish until `inflight` messages await their PUBACK: reported patches first, then telemetry.
+        c = self._c
+        window = self.cfg["inflight"]
+        while self.connected and len(self._inflight) < window:
+            r = None
+            for x in self._reports:
+                if x[2] == 0:
+                    r = x
+                    break
+            if r is not None:
+                ref, topic, body = None, r[0], r[1]
+            else:
+                m = self.outbox.next()
+                if m is None:
+                    return
+                ref, topic, body = m
+            pid = c.next_pid()
+            c.publish(topic, body, 1, pid, dup=self._dup > 0)
+            if self._dup:
+                self._dup -= 1
+            if r is not None:
+                r[2] = pid
+            self._inflight.append([pid, ref, False])
             self._last_tx = time.ticks_ms()
+
+    def _acked(self, pid):
+        # PUBACK: the outbox forgets messages in the order they were sent (a later PUBACK waits).
+        for e in self._inflight:
+            if e[0] == pid:
+                e[2] = True
+                break
+        else:
+            return
+        while self._inflight and self._inflight[0][2]:
+            pid, ref, _ = self._inflight.pop(0)
+            if ref is None:
+                for i in range(len(self._reports)):
+                    if self._reports[i][2] == pid:
+                        del self._reports[i]
+                        break
+            else:
+                self.outbox.ack(ref)
+        self._flush()
 
     def _keepalive(self):
         ka = self.cfg["keepalive"] * 1000
@@ -428,10 +426,7 @@ class Session:
             if kind == wire.PUBLISH:
                 self._inbound(p[1], p[2], p[3], p[4], p[5])
             elif kind == wire.PUBACK:
-                q = self._queue
-                if q and q[0][2] == p[1]:
-                    q.pop(0)
-                    self._flush()  # the next one goes at once
+                self._acked(p[1])
             elif kind == wire.SUBACK and p[1] == self._sub_pid and not self._subscribed:
                 if 0x80 in p[2]:
                     self.log("the hub refused a subscription (return codes %s)" % list(p[2]))

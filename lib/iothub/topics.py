@@ -45,8 +45,11 @@ def encode_bag(properties=None, content_type=None, encoding=None):
     return "&".join(parts)
 
 
-def telemetry(device_id, properties=None, content_type=None, encoding=None):
-    return "devices/" + device_id + "/messages/events/" + encode_bag(properties, content_type, encoding)
+def telemetry(device_id, properties=None, content_type=None, encoding=None, mid=None):
+    bag = encode_bag(properties, content_type, encoding)
+    if mid:
+        bag += ("&" if bag else "") + "$.mid=" + quote(mid)
+    return "devices/" + device_id + "/messages/events/" + bag
 
 
 def unquote(s):

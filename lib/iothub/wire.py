@@ -112,27 +112,6 @@ class Conn:
         if not small:
             self.write(body)
 
-    def subscribe(self, pid, filters):
-        # One SUBSCRIBE for every (filter, qos): one round trip on connect.
-        n = 2
-        for f, q in filters:
-            n += 2 + len(f) + 1
-        pkt = bytearray(5 + n)
-        pkt[0] = 0x82
-        i = _size(n, pkt, 1)
-        pkt[i] = pid >> 8
-        pkt[i + 1] = pid & 0xFF
-        i += 2
-        for f, q in filters:
-            b = f.encode()
-            pkt[i] = len(b) >> 8
-            pkt[i + 1] = len(b) & 0xFF
-            pkt[i + 2:i + 2 + len(b)] = b
-            i += 2 + len(b)
-            pkt[i] = q
-            i += 1
-        self.write(memoryview(pkt)[:i])
-
     def puback(self, pid):
         self.write(bytes((PUBACK, 2, pid >> 8, pid & 0xFF)))
 

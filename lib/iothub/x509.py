@@ -5,7 +5,6 @@
 import binascii
 import hashlib
 
-from iothub.clock import iso  # noqa: F401 (x509.iso is used by callers)
 from iothub.crypto import b64decode
 
 _BEGIN = b"-----BEGIN "
@@ -53,6 +52,13 @@ def days_from_civil(y, m, d):
     doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
     return era * 146097 + doe - 719468
+
+
+def iso(t):
+    # Unix seconds -> "YYYY-MM-DDTHH:MM:SSZ" (the cert store's, which reports it).
+    from iothub.certstore import iso
+
+    return iso(t)
 
 
 def _time(buf, tag, a, b):

@@ -39,11 +39,11 @@ class Device:
         self.lines = []
         kw = {"executable": str(executable)} if executable else {}  # another unix port build (micropython-32)
         if preload:  # stand-in modules imported before boot.py (e.g. lwipsocket from tests/firmware/standins)
-            argv, env = sim.command(flash, tree=tree, heapsize=heapsize, source=source,
-                                    path_extra=[STANDINS] + list(path_extra))
-            if executable:
-                argv[0] = str(executable)
-            argv[-1] = "".join("import %s\n" % m for m in preload) + argv[-1]
+            argv, env, _ = sim.command(flash, tree=tree, heapsize=heapsize, source=source,
+                                       path_extra=[STANDINS] + list(path_extra), **kw)
+            code = argv[-1]
+            at = code.index("_hosts = ")  # once sim's boot code has set up the paths, before it wraps socket
+            argv[-1] = code[:at] + "".join("import %s\n" % m for m in preload) + code[at:]
             self.proc = subprocess.Popen(argv, env=env, cwd=str(self.flash.resolve()), stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True, bufsize=1)
         else:

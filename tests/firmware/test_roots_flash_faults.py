@@ -9,40 +9,15 @@ import subprocess
 import pytest
 
 from certhelpers import sha
+from flashimage import IMAGE
 from fwtools import ROOT
 
 pytestmark = pytest.mark.slow
 
 MP = str(ROOT / "build" / "micropython")
 
-IMAGE = """
-import os
-class Image:
-    # A block device backed by a host file.
-    def __init__(self, path, bs=512):
-        self.f = open(path, "r+b")
-        self.bs = bs
-        self.n = os.stat(path)[6] // bs
-    def readblocks(self, num, buf, off=0):
-        self.f.seek(num * self.bs + off)
-        self.f.readinto(buf)
-    def writeblocks(self, num, buf, off=None):
-        self.f.seek(num * self.bs + (off or 0))
-        self.f.write(buf)
-        self.f.flush()
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.n
-        if op == 5:
-            return self.bs
-        if op == 6:
-            return 0
-"""
-
 PREPARE = IMAGE + """
-bd = Image(%r)
-os.VfsLfs2.mkfs(bd)
-os.mount(os.VfsLfs2(bd), "/flash")
+mount("VfsLfs2", %r, mkfs=True)
 from iothub import certstore
 s = certstore.Store("/flash/certs")
 s.install_active(open(%r, "rb").read())
@@ -69,8 +44,7 @@ print("ok")
 """
 
 RUN = IMAGE + """
-bd = Image(%r)
-os.mount(os.VfsLfs2(bd), "/flash", readonly=%r)
+mount("VfsLfs2", %r, readonly=%r)
 from iothub import config
 cfg, secrets = config.check(%r, %r)
 from iothub.session import Session

@@ -29,9 +29,9 @@ from fwtools import ROOT
 pytestmark = pytest.mark.slow
 
 MP32 = ROOT / "build" / "micropython-32"
-RP2_HEAP = "88K"
+RP2_HEAP = "112K"
 MODELS = {
-    "esp32": ("64K", {"MP32_MBEDTLS_ALLOC": "libc"}),
+    "esp32": ("80K", {"MP32_MBEDTLS_ALLOC": "libc"}),
     "rp2": (RP2_HEAP, {}),
 }
 

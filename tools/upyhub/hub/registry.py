@@ -425,9 +425,12 @@ class Registry:
             q += " AND device=?"
             args.append(device_id)
         rows = self.db.execute(q + " ORDER BY seq LIMIT ?", args + [limit])
-        return [{"deviceId": r["device"], "body": r["body"].decode("utf-8", "replace"),
-                 "properties": json.loads(r["properties"]), "enqueuedTime": iso(r["enqueued"]), "seq": r["seq"]}
-                for r in rows]
+        out = []
+        for r in rows:
+            props = json.loads(r["properties"])
+            out.append({"deviceId": r["device"], "messageId": props.get("$.mid"), "body": r["body"].decode("utf-8", "replace"),
+                        "properties": props, "enqueuedTime": iso(r["enqueued"]), "seq": r["seq"]})
+        return out
 
 
 class _Tx:
