@@ -118,8 +118,6 @@ class Session:
         self._c = None
         self._state = {"root": self.root}  # kept between connection attempts (iothub.connect)
         self._refusals = 0
-        ttl = cfg["token_ttl"]
-        self._margin = min(120, max(2, ttl // 5))
         self._backoff = Backoff(1000, cfg["retry_cap"] * 1000)
         self._next_try = time.ticks_ms()
         self._renew_at = None
@@ -143,7 +141,7 @@ class Session:
         # The TLS context gets the roots now rather than at the first handshake: where mbed TLS parses
         # them on the Python heap (rp2), the room for the session's buffers is then taken while the
         # heap is still in one piece (transport). X.509 devices add their certificate at connect.
-        data = self.roots.active_data() if self.cfg["auth"] == "sas" else None
+        data = self.roots.active_data() if self.cfg["auth"] != "x509" else None
         if data is None:
             return
         from iothub import handshake
@@ -279,8 +277,9 @@ class Session:
             self._renew_at = None  # certificates are not renewed by reconnecting
             self.log("connected to %s as %s (x509)" % (self.hostname, self.device_id))
         else:
-            self._renew_at = expiry - self._margin
-            self.log("connected to %s as %s (token valid %d s)" % (self.hostname, self.device_id, expiry - clock.now()))
+            left = expiry - clock.now()  # (a token service decides how long its tokens last)
+            self._renew_at = expiry - min(120, max(2, left // 5))
+            self.log("connected to %s as %s (token valid %d s)" % (self.hostname, self.device_id, left))
 
     def _refused(self, code, sas):
         if code in (4, 5):
