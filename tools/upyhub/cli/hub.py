@@ -182,8 +182,9 @@ def register(sub):
     v.add_argument("--tags", metavar="JSON", help="JSON object merged into the twin's tags")
     add_service_args(v)
 
-    from upyhub.cli import _hub_dps
+    from upyhub.cli import _hub_dps, _hub_tokens
     _hub_dps.register(verb, group)
+    _hub_tokens.register(verb, group)
 
     v = verb("monitor", cmd_monitor, "follow telemetry live (like az iot hub monitor-events)")
     v.add_argument("--device", help="only this device")
