@@ -6,13 +6,10 @@ the hub's address, as a device does with a private hosts entry.
 import itertools
 import json
 import ssl
-import threading
 import time
 import urllib.parse
 
-import paho.mqtt.client as mqtt
-
-from hubdev import wait_for
+from hubdev import Device, wait_for
 from upyhub import sas
 
 
@@ -44,36 +41,18 @@ def parse_response(topic):
                     for k, _, v in (p.partition("=") for p in query.split("&") if p)}
 
 
-class DpsClient:
-    """One connection; never reconnects."""
+class DpsClient(Device):
+    """One connection to the DPS endpoint (subscribed to its responses once accepted); never reconnects."""
 
     def __init__(self, hub, registration_id, password=None, cert=None, scope=None, username=None, subscribe=True):
         self.registration_id = registration_id
-        self.messages = []
-        self.connack = None
-        self.disconnected = threading.Event()
         self._rids = itertools.count(1)
-        c = self.client = mqtt.Client(client_id=registration_id, protocol=mqtt.MQTTv311, clean_session=True)
-        scope = scope or hub.id_scope
-        c.username_pw_set(username if username is not None else
-                          "%s/registrations/%s/api-version=2019-03-31" % (scope, registration_id), password)
-        c.tls_set_context(name_context(hub.ca_path, hub.dps_hostname, cert))
-        c.on_connect = self._on_connect
-        c.on_message = lambda cl, u, m: self.messages.append((m.topic, m.payload))
-        c.on_disconnect = lambda cl, u, rc: (self.disconnected.set(), cl.disconnect())
-        c.connect(hub.dps_host, hub.dps_port, keepalive=60)
-        c.loop_start()
-        wait_for(lambda: self.connack is not None or self.disconnected.is_set(), what="CONNACK")
-        if self.connack == 0 and subscribe:
-            self.subscribed = threading.Event()
-            c.on_subscribe = lambda *a: self.subscribed.set()
-            c.subscribe("$dps/registrations/res/#", qos=1)
-            assert self.subscribed.wait(30), "no SUBACK"
-
-    def _on_connect(self, client, userdata, flags, rc):
-        self.connack = rc
-        if rc != 0:
-            client.disconnect()  # paho would otherwise reconnect
+        user = username if username is not None else \
+            "%s/registrations/%s/api-version=2019-03-31" % (scope or hub.id_scope, registration_id)
+        super().__init__(hub, registration_id, password, user, address=(hub.dps_host, hub.dps_port),
+                         context=name_context(hub.ca_path, hub.dps_hostname, cert))
+        if self.wait_connack() == 0 and subscribe:
+            self.subscribe("$dps/registrations/res/#")
 
     def send(self, topic_head, body, extra=""):
         """Publish a request; returns its $rid."""
@@ -111,13 +90,3 @@ class DpsClient:
         status, props, doc = self.poll(doc["operationId"])
         assert status == 200, (status, doc)
         return doc
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -8,16 +8,12 @@ certificate for that name. So here the private /etc/hosts maps global.azure-devi
 on 127.0.0.2:8883 (`serve --dps-port 8883 --dps-bind 127.0.0.2`). The only SDK option used is
 server_verification_cert (the hub CA), as for any private root.
 """
-import datetime
 import json
 import os
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from certhelpers import make_cert
 from hubdev import wait_for
 from hubfixture import LocalHub
 from upyhub import sas
@@ -89,18 +85,6 @@ def test_symmetric_key_group_and_refusals(nhub):
     assert "401" in str(err.value.__cause__)
 
 
-def _cert(cn, issuer=None, issuer_key=None, ca=False):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer.subject if issuer else name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .sign(issuer_key or key, hashes.SHA256()))
-    return cert, key
-
-
 def register_x509(hub, registration_id, files):
     from azure.iot.device import ProvisioningDeviceClient, X509
     x = X509(str(files[0]), str(files[1]))
@@ -111,18 +95,18 @@ def register_x509(hub, registration_id, files):
 
 
 def test_x509_individual_and_group(nhub, tmp_path):
-    cert, key = _cert("sdk-x509")
-    files = pki.PKI.write_pair(cert, key, tmp_path, "sdk-x509")
+    own = make_cert("sdk-x509", ca=False)
+    files = pki.PKI.write_pair(own.cert, own.key, tmp_path, "sdk-x509")
     dps.create_enrollment(nhub.data_dir, "sdk-x509", attestation="x509",
-                          primary_thumbprint=pki.thumbprints(pki.der(cert))[0])
+                          primary_thumbprint=pki.thumbprints(own.der)[0])
     result, x = register_x509(nhub, "sdk-x509", files)
     assert result.status == "assigned" and result.registration_state.device_id == "sdk-x509"
     connect_assigned(nhub, result, x509=x)
 
-    root, root_key = _cert("sdk factory root", ca=True)
-    dps.create_enrollment_group(nhub.data_dir, "sdk-x509-group", attestation="x509", ca_certs=[root])
-    leaf, leaf_key = _cert("sdk-x509-member", root, root_key)
-    files = pki.PKI.write_pair(leaf, leaf_key, tmp_path, "sdk-x509-member")
+    root = make_cert("sdk factory root")
+    dps.create_enrollment_group(nhub.data_dir, "sdk-x509-group", attestation="x509", ca_certs=[root.cert])
+    member = make_cert("sdk-x509-member", ca=False, issuer=root)
+    files = pki.PKI.write_pair(member.cert, member.key, tmp_path, "sdk-x509-member")
     result, x = register_x509(nhub, "sdk-x509-member", files)
     assert result.status == "assigned" and result.registration_state.device_id == "sdk-x509-member"
     connect_assigned(nhub, result, x509=x)

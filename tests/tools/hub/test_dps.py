@@ -1,18 +1,13 @@
 """The local DPS: Azure's MQTT registration protocol, attestation (symmetric keys, derived group keys,
 X.509 thumbprints and CA chains), DPS's status codes, and the devices it creates in the hub's registry.
 Every key is made here at test time; none may reach the hub's log."""
-import datetime
 import json
 import socket
 import subprocess
 import sys
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
+from certhelpers import make_cert
 from dpsdev import DpsClient, registration_token
 from hubdev import Device, closed_by_peer, token
 from hubfixture import LocalHub
@@ -168,22 +163,11 @@ def test_status_codes_of_an_empty_dps(hub):
     assert primary not in log and key not in log
 
 
-def _ca(cn, issuer=None, issuer_key=None):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer.subject if issuer else name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(issuer_key or key, hashes.SHA256()))
-    return cert, key
-
-
-def _device_files(tmp_path, cn, issuer, issuer_key, chain=()):
-    cert, key = pki.issue(issuer, issuer_key, cn, client=True)
+def _device_files(tmp_path, cn, issuer, chain=()):
+    """A device certificate (CN = cn) from issuer (a certhelpers.Made), with the chain after it in its file."""
+    cert, key = pki.issue(issuer.cert, issuer.key, cn, client=True)
     crt, kp = pki.PKI.write_pair(cert, key, tmp_path, cn)
-    crt.write_bytes(pki.cert_pem(cert) + b"".join(pki.cert_pem(c) for c in chain))
+    crt.write_bytes(pki.cert_pem(cert) + b"".join(c.pem for c in chain))
     return crt, kp
 
 
@@ -207,12 +191,12 @@ def test_x509_individual_enrollment(mhub, tmp_path):
 
 
 def test_x509_group_enrollment_with_an_intermediate_ca(mhub, tmp_path):
-    root, root_key = _ca("factory root")
-    inter, inter_key = _ca("factory line 1", root, root_key)
-    (tmp_path / "inter.pem").write_bytes(pki.cert_pem(inter))
+    root = make_cert("factory root")
+    inter = make_cert("factory line 1", issuer=root)
+    (tmp_path / "inter.pem").write_bytes(inter.pem)
     cli(mhub, "dps", "enrollment-group", "create", "line-1", "--attestation", "x509", "--ca-cert",
         str(tmp_path / "inter.pem"))
-    files = _device_files(tmp_path, "line-1-dev", inter, inter_key, chain=[inter])
+    files = _device_files(tmp_path, "line-1-dev", inter, chain=[inter])
     with DpsClient(mhub, "line-1-dev", cert=files) as d:
         state = d.provision({"batch": 7})["registrationState"]
     assert state["deviceId"] == "line-1-dev" and state["payload"] == {"batch": 7}
@@ -220,14 +204,21 @@ def test_x509_group_enrollment_with_an_intermediate_ca(mhub, tmp_path):
     assert connects(mhub, "line-1-dev", cert=files) == 0  # the group's CA was registered with the hub
     group = json.loads(cli(mhub, "dps", "enrollment-group", "show", "line-1"))
     info = group["attestation"]["x509"]["signingCertificates"]["primary"]["info"]
-    assert info["sha256Thumbprint"] == pki.thumbprints(pki.der(inter))[1]
-    # a device of another CA, or one that does not send the intermediate: 401
-    stranger_ca, stranger_key = _ca("stranger")
-    with DpsClient(mhub, "line-1-bad", cert=_device_files(tmp_path, "line-1-bad", stranger_ca, stranger_key)) as d:
+    assert info["sha256Thumbprint"] == inter.sha256.upper()
+    # a device of another CA, or of a sibling intermediate of the same root: 401
+    with DpsClient(mhub, "line-1-bad", cert=_device_files(tmp_path, "line-1-bad", make_cert("stranger"))) as d:
         assert d.register()[0] == 401
-    leaf_root, leaf_root_key = _ca("line 2", root, root_key)
-    with DpsClient(mhub, "line-1-x", cert=_device_files(tmp_path, "line-1-x", leaf_root, leaf_root_key)) as d:
-        assert d.register()[0] == 401  # signed by a sibling intermediate of the same root
+    sibling = make_cert("line 2", issuer=root)
+    with DpsClient(mhub, "line-1-x", cert=_device_files(tmp_path, "line-1-x", sibling, chain=[sibling])) as d:
+        assert d.register()[0] == 401
+    # a group of a root CA: its devices send their intermediate (without it: 401)
+    root2 = make_cert("plant 2 root")
+    inter2 = make_cert("plant 2 line", issuer=root2)
+    dps.create_enrollment_group(mhub.data_dir, "plant-2", attestation="x509", ca_certs=[root2.cert])
+    with DpsClient(mhub, "plant-2-dev", cert=_device_files(tmp_path, "plant-2-dev", inter2)) as d:
+        assert d.register()[0] == 401
+    with DpsClient(mhub, "plant-2-dev", cert=_device_files(tmp_path, "plant-2-dev", inter2, chain=[inter2])) as d:
+        assert d.provision()["registrationState"]["deviceId"] == "plant-2-dev"
 
 
 def test_abuse_closes_the_connection(mhub):

@@ -63,13 +63,7 @@ TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 # --- the custom registry (CSV) ---
 def _secret(text, where):
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise UsageError("%s: secret_b64 is not valid base64" % where) from None
-    if not 16 <= len(key) <= 64:
-        raise UsageError("%s: secret_b64 must decode to 16..64 bytes, not %d" % (where, len(key)))
-    return key
+    return sas.decode_key(text, "%s: secret_b64" % where)
 
 
 def parse_registry(text, name="registry"):
