@@ -225,3 +225,31 @@ def test_dps_and_token_service_verbs_offline(tmp_path):
         bad(d, "token-service", "serve", "--registry", str(reg), *args)
     bad(d, "token-service", "serve", "--registry", str(tmp_path / "none.csv"))
     bad(d, "token-service", "serve")  # --registry is required
+
+
+def test_readme_dps_and_token_service_lines_run_as_written(tmp_path):
+    """The README's command lines for the DPS and the token service (all but `serve`), in a fresh folder."""
+    import pathlib
+    import re
+    import shlex
+
+    from certhelpers import make_cert
+    readme = (pathlib.Path(__file__).resolve().parents[3] / "README.md").read_text()
+    blocks = []
+    for heading in ("### The local DPS", "### The token service"):
+        m = re.search(re.escape(heading) + r".*?```sh\n(.*?)```", readme, re.S)
+        assert m, "README lost its %s example" % heading
+        blocks.append(m.group(1))
+    (tmp_path / "line1-ca.pem").write_bytes(make_cert("line 1 CA").pem)
+    assert subprocess.run([sys.executable, "-m", "upyhub", "hub", "init"], cwd=tmp_path, capture_output=True,
+                          timeout=120).returncode == 0
+    lines = [ln.split("#")[0].strip() for b in blocks for ln in b.splitlines()]
+    lines = [ln for ln in lines if ln and " serve" not in ln]
+    assert len(lines) >= 12
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "upyhub"
+        out = subprocess.run([sys.executable, "-m", "upyhub", *argv[1:]], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, (line, out.stderr)
+    assert (tmp_path / "keys.csv").exists() and (tmp_path / "certs" / "cam-7.crt").exists()
