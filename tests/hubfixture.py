@@ -2,6 +2,7 @@
 
 Fixtures `hub` (a fresh hub per test) and `hub_session` (one for the session). Attributes:
 .hostname .host .mqtt_port .https_port .ca_path .ca_pem .data_dir .owner_cs .service (ServiceClient)
+.dps_port .dps_host .dps_hostname .id_scope (the local DPS)
 .add_device(device_id, **kw) -> primary key, .stop(), .start() (same data and ports), .restart(), .log().
 """
 import os
@@ -23,9 +24,11 @@ START_DEADLINE = 90  # seconds: generous for a loaded 2-core machine
 class LocalHub:
     host = "127.0.0.1"
 
-    def __init__(self, data_dir, mqtt_port=0, https_port=0, hostname=None):
+    def __init__(self, data_dir, mqtt_port=0, https_port=0, hostname=None, dps_port=0, dps_host=None, serve_args=()):
         self.data_dir = pathlib.Path(data_dir)
-        self.mqtt_port, self.https_port = mqtt_port, https_port
+        self.serve_args = list(serve_args)
+        self.mqtt_port, self.https_port, self.dps_port = mqtt_port, https_port, dps_port
+        self.dps_host = dps_host or self.host
         self.proc = None
         self.returncode = None  # of the last stop(): 0 when the hub stopped cleanly on SIGTERM
         self.log_path = self.data_dir / "hub.log"
@@ -43,7 +46,8 @@ class LocalHub:
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(self.data_dir), "--bind", self.host,
-             "--port", str(self.mqtt_port), "--https-port", str(self.https_port)],
+             "--port", str(self.mqtt_port), "--https-port", str(self.https_port), "--dps-port", str(self.dps_port),
+             "--dps-bind", self.dps_host] + self.serve_args,
             stdout=logf, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         logf.close()
         deadline = time.monotonic() + START_DEADLINE
@@ -53,6 +57,7 @@ class LocalHub:
                 if line.startswith("mqtt_port="):
                     fields = dict(f.split("=") for f in line.split())
                     self.mqtt_port, self.https_port = int(fields["mqtt_port"]), int(fields["https_port"])
+                    self.dps_port = int(fields["dps_port"])
                     self._service = None
                     return self
             if self.proc.poll() is not None:
@@ -92,6 +97,15 @@ class LocalHub:
     @property
     def hostname(self):
         return self.pki.hostname
+
+    @property
+    def dps_hostname(self):
+        return self.pki.dps_hostname
+
+    @property
+    def id_scope(self):
+        from upyhub.hub import dps
+        return dps.id_scope(self.data_dir)
 
     @property
     def ca_path(self):

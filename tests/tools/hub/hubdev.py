@@ -23,7 +23,9 @@ def token(hub, device_id, key, ttl=600, sr=None, policy=None, expiry=None):
 class Device:
     """One MQTT connection; never reconnects (a refusal stays a refusal, a dropped connection stays dropped)."""
 
-    def __init__(self, hub, client_id, password=None, username=None, cert=None, ca=None):
+    def __init__(self, hub, client_id, password=None, username=None, cert=None, ca=None, address=None,
+                 context=None):
+        """address: (host, port), default the hub's MQTT endpoint; context: an SSLContext of one's own."""
         self.client_id = client_id
         self.messages = []
         self.connack = None
@@ -32,15 +34,15 @@ class Device:
         c = self.client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
         user = username if username is not None else "%s/%s/?api-version=2021-04-12" % (hub.hostname, client_id)
         c.username_pw_set(user, password)
-        ctx = ssl.create_default_context(cafile=str(ca or hub.ca_path))
-        if cert:
+        ctx = context or ssl.create_default_context(cafile=str(ca or hub.ca_path))
+        if cert and not context:
             ctx.load_cert_chain(*cert)
         c.tls_set_context(ctx)
         c.on_connect = self._on_connect
         c.on_message = lambda cl, u, m: self.messages.append((m.topic, m.payload))
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = lambda cl, u, mid, granted: self.subacks.__setitem__(mid, granted)
-        c.connect(hub.host, hub.mqtt_port, keepalive=60)
+        c.connect(*(address or (hub.host, hub.mqtt_port)), keepalive=60)
         c.loop_start()  # paho's own network thread: it serialises writes on the TLS socket
 
     # disconnect() marks the client as leaving, so paho's thread ends instead of reconnecting

@@ -164,3 +164,92 @@ def test_output_formats_and_run_time_failures(tmp_path):
                 stack.extend(action.choices.values())
             elif action.dest != "help":
                 assert action.help, (p.prog, action.dest)
+
+
+def test_dps_and_token_service_verbs_offline(tmp_path):
+    d = tmp_path / "hub"
+    fails(d, "dps", "show")  # no hub yet
+    fails(d, "dps", "enrollment", "list")
+    assert "ID scope 0ne" in ok(d, "init")
+    scope = json.loads(ok(d, "dps", "show"))["idScope"]
+    assert ok(d, "dps", "show", "-o", "table").splitlines()[2].split()[:2] == [scope, "global.azure-devices-provisioning.net"]
+
+    ok(d, "dps", "enrollment", "create", "cli-one", "--device-id", "cli.device")
+    ok(d, "dps", "enrollment-group", "create", "cli-group", "--key-out", str(tmp_path / "group.key"))
+    group_key = json.loads(ok(d, "dps", "enrollment-group", "show", "cli-group", "--keys"))["attestation"][
+        "symmetricKey"]["primaryKey"]
+    assert (tmp_path / "group.key").read_text().strip() == group_key
+    assert oct((tmp_path / "group.key").stat().st_mode & 0o777) == "0o600"
+    table = ok(d, "dps", "enrollment", "list").splitlines()
+    assert table[0].split()[:3] == ["registrationId", "deviceId", "attestationType"]
+    assert table[2].split()[:4] == ["cli-one", "cli.device", "symmetricKey", "enabled"]
+    listed = json.loads(ok(d, "dps", "enrollment-group", "list", "-o", "json"))
+    assert [g["enrollmentGroupId"] for g in listed] == ["cli-group"] and group_key not in json.dumps(listed)
+    ok(d, "dps", "enrollment", "disable", "cli-one")
+    assert json.loads(ok(d, "dps", "enrollment", "show", "cli-one"))["provisioningStatus"] == "disabled"
+    assert "no registrations yet" in ok(d, "dps", "registration", "list")
+
+    # usage errors: exit 2, nothing created
+    leaf = tmp_path / "leaf.pem"
+    from upyhub.hub import pki
+    cert, _ = pki.self_signed_client("leaf")
+    leaf.write_bytes(pki.cert_pem(cert))
+    for args in (("enrollment", "create", "Bad_Id"), ("enrollment", "create", "cli-2", "--primary-key", "short"),
+                 ("enrollment", "create", "cli-2", "--device-id", "bad/id"),
+                 ("enrollment", "create", "cli-2", "--attestation", "x509"),
+                 ("enrollment", "create", "cli-2", "--cert", str(leaf)),
+                 ("enrollment", "create", "cli-2", "--attestation", "x509", "--primary-thumbprint", "xyz"),
+                 ("enrollment-group", "create", "bad/group"),
+                 ("enrollment-group", "create", "g2", "--attestation", "x509"),
+                 ("enrollment-group", "create", "g2", "--attestation", "x509", "--ca-cert", str(leaf)),
+                 ("enrollment-group", "create", "g2", "--attestation", "x509", "--ca-cert", str(tmp_path / "none")),
+                 ("enrollment-group", "create", "g2", "--ca-cert", str(leaf)),
+                 ("enrollment", "list", "-o", "yaml")):
+        bad(d, "dps", *args)
+    assert [e["registrationId"] for e in json.loads(ok(d, "dps", "enrollment", "list", "-o", "json"))] == ["cli-one"]
+    # run-time failures: exit 1
+    fails(d, "dps", "enrollment", "create", "cli-one")
+    fails(d, "dps", "enrollment-group", "create", "CLI-GROUP")  # group ids are case-insensitive
+    for verb in ("show", "enable", "disable", "remove"):
+        fails(d, "dps", "enrollment", verb, "nosuch")
+        fails(d, "dps", "enrollment-group", verb, "nosuch")
+    fails(d, "dps", "registration", "show", "nosuch")
+    fails(d, "dps", "registration", "remove", "nosuch")
+    bad(d, "serve", "--dps-port", "70000")
+
+    # the token service's verbs
+    reg = tmp_path / "devices.csv"
+    bad(d, "token-service", "device", "list", "--registry", str(reg))  # no such file
+    ok(d, "token-service", "device", "add", "ts-1", "--registry", str(reg))
+    for args in (("--ttl", "1"), ("--ttl", "90000"), ("--nonce-ttl", "0"), ("--port", "70000")):
+        bad(d, "token-service", "serve", "--registry", str(reg), *args)
+    bad(d, "token-service", "serve", "--registry", str(tmp_path / "none.csv"))
+    bad(d, "token-service", "serve")  # --registry is required
+
+
+def test_readme_dps_and_token_service_lines_run_as_written(tmp_path):
+    """The README's command lines for the DPS and the token service (all but `serve`), in a fresh folder."""
+    import pathlib
+    import re
+    import shlex
+
+    from certhelpers import make_cert
+    readme = (pathlib.Path(__file__).resolve().parents[3] / "README.md").read_text()
+    blocks = []
+    for heading in ("### The local DPS", "### The token service"):
+        m = re.search(re.escape(heading) + r".*?```sh\n(.*?)```", readme, re.S)
+        assert m, "README lost its %s example" % heading
+        blocks.append(m.group(1))
+    (tmp_path / "line1-ca.pem").write_bytes(make_cert("line 1 CA").pem)
+    assert subprocess.run([sys.executable, "-m", "upyhub", "hub", "init"], cwd=tmp_path, capture_output=True,
+                          timeout=120).returncode == 0
+    lines = [ln.split("#")[0].strip() for b in blocks for ln in b.splitlines()]
+    lines = [ln for ln in lines if ln and " serve" not in ln]
+    assert len(lines) >= 12
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "upyhub"
+        out = subprocess.run([sys.executable, "-m", "upyhub", *argv[1:]], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, (line, out.stderr)
+    assert (tmp_path / "keys.csv").exists() and (tmp_path / "certs" / "cam-7.crt").exists()

@@ -13,6 +13,8 @@ import pytest
 
 from hubfixture import LocalHub
 from hubdev import wait_for
+from tokendev import TokenServiceProc
+from upyhub.hub import tokenservice
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning")]
@@ -108,3 +110,17 @@ def test_sdk_x509(sdk_hub, tmp_path):
         hostname=sdk_hub.hostname, device_id="sdk-x509",
         server_verification_cert=sdk_hub.ca_pem.decode(), gateway_hostname="127.0.0.1")
     exercise(sdk_hub, client, "sdk-x509")
+
+
+def test_sdk_with_a_token_from_the_token_service(sdk_hub, tmp_path):
+    """The token-service pattern with the official SDK: the device holds no hub key, only a token."""
+    from azure.iot.device import IoTHubDeviceClient
+
+    sdk_hub.add_device("sdk-ts")
+    registry = tmp_path / "devices.csv"
+    secret = tokenservice.add_device(registry, "sdk-ts")
+    with TokenServiceProc(sdk_hub, registry) as ts:
+        token = ts.token("sdk-ts", secret)["sasToken"]
+    client = IoTHubDeviceClient.create_from_sastoken(token, gateway_hostname="127.0.0.1",
+                                                     server_verification_cert=sdk_hub.ca_pem.decode())
+    exercise(sdk_hub, client, "sdk-ts")

@@ -72,15 +72,18 @@ def register(sub):
         v.set_defaults(func=_runtime(func))
         return v
 
-    def group(name, help_):
+    def group(name, help_, parent=hs):
         """`upyhub hub NAME ACTION`: a sub-command that takes an action of its own."""
-        g = hs.add_parser(name, help=help_, description=help_)
-        actions = g.add_subparsers(dest=name + "_verb", metavar="ACTION", parser_class=type(p))
+        g = parent.add_parser(name, help=help_, description=help_)
+        actions = g.add_subparsers(dest=name.replace("-", "_") + "_verb", metavar="ACTION", parser_class=type(p))
         actions.required = True
         return actions
 
-    v = verb("init", cmd_init, "create the hub's CA and server certificate (and the registry)")
+    v = verb("init", cmd_init, "create the hub's CA and server certificate (and the registry, and the DPS ID scope)")
     v.add_argument("--hostname", default=None, help="hub hostname (default localhub.azure-devices.net)")
+    v.add_argument("--dps-hostname", default=None,
+                   help="the local DPS's hostname, also in the server certificate "
+                        "(default global.azure-devices-provisioning.net)")
     v.add_argument("--force", action="store_true", help="replace existing CA and server keys")
 
     v = verb("ca", cmd_ca, "print the path of the CA certificate devices pin (or its PEM)")
@@ -139,6 +142,11 @@ def register(sub):
     v.add_argument("--port", type=int, default=8883, help="MQTT/TLS port (default 8883; 0 picks a free one)")
     v.add_argument("--https-port", type=int, default=8443, help="service API port (default 8443; 0: free one)")
     v.add_argument("--bind", default="0.0.0.0", help="address to listen on (default all; 127.0.0.1 for local)")
+    v.add_argument("--dps-port", type=int, default=None,
+                   help="DPS (MQTT/TLS) port (default 8884; with --port 0 a free one too; 0 picks a free one)")
+    v.add_argument("--dps-bind", default=None, metavar="ADDR",
+                   help="address the DPS listens on (default: --bind); e.g. a second loopback address to serve "
+                        "DPS on 8883 next to the hub")
     v.add_argument("--detach", action="store_true",
                    help="start the hub in the background, return once it serves (log: DIR/hub.log; "
                         "stop it with `upyhub hub stop`)")
@@ -173,6 +181,10 @@ def register(sub):
     v.add_argument("desired", help='JSON object, e.g. \'{"interval": 30}\' (null deletes a property)')
     v.add_argument("--tags", metavar="JSON", help="JSON object merged into the twin's tags")
     add_service_args(v)
+
+    from upyhub.cli import _hub_dps, _hub_tokens
+    _hub_dps.register(verb, group)
+    _hub_tokens.register(verb, group)
 
     v = verb("monitor", cmd_monitor, "follow telemetry live (like az iot hub monitor-events)")
     v.add_argument("--device", help="only this device")
@@ -248,13 +260,19 @@ def _device_doc(reg, row, keys):
 
 # --- verbs ---
 def cmd_init(args):
-    from upyhub.hub import pki
+    from upyhub.hub import dps, pki
     hostname = sas.check_hostname(args.hostname or pki.DEFAULT_HOSTNAME)
+    dps_hostname = sas.check_hostname(args.dps_hostname or pki.DEFAULT_DPS_HOSTNAME)
     p = _pki(args)
-    ca = p.init(hostname, force=args.force)
-    _registry(args, must_exist=False).close()
+    ca = p.init(hostname, force=args.force, dps_hostname=dps_hostname)
+    reg = _registry(args, must_exist=False)
+    try:
+        scope = dps.Store(reg).id_scope()
+    finally:
+        reg.close()
     print("hub %s initialised in %s" % (hostname, args.data))
     print("CA certificate (devices pin this): %s" % ca)
+    print("DPS %s, ID scope %s" % (dps_hostname, scope))
 
 
 def cmd_ca(args):
@@ -293,7 +311,6 @@ def cmd_rotate(args):
 
 
 def cmd_device_add(args):
-    from upyhub.hub import pki
     sas.check_device_id(args.device_id)
     p = _pki(args)
     p.state()
@@ -301,22 +318,14 @@ def cmd_device_add(args):
     if reg.get_device(args.device_id):
         raise _Failure("device %r already exists" % args.device_id)
     ptp, stp = args.primary_thumbprint, args.secondary_thumbprint
-    cert_pem = None
     if args.auth == "sas" and (args.cert or args.make_cert or ptp or stp):
         raise UsageError("--cert, --make-cert and thumbprints are for --auth selfSigned or certificateAuthority")
     if args.auth != "sas" and (args.primary_key or args.secondary_key):
         raise UsageError("keys are for --auth sas")
     if args.auth == "selfSigned":
-        if args.cert:
-            cert_pem = files.read_file(args.cert, "device certificate")
-        elif args.make_cert:
-            cert, key = pki.self_signed_client(args.device_id)
-            crt, _ = p.write_pair(cert, key, args.make_cert, args.device_id)
-            cert_pem = crt.read_bytes()
-            print("certificate and key written: %s (+ .key)" % crt)
-        if cert_pem is not None:
-            ptp = ptp or pki.thumbprints(pki.der(pki.load_cert(cert_pem)))[1]
-        elif not ptp:
+        made = thumbprint_of(args, args.device_id)
+        ptp = ptp or made
+        if not ptp:
             raise UsageError("a selfSigned device needs --cert, --make-cert or --primary-thumbprint")
     row = reg.put_device(args.device_id, auth=args.auth, status="disabled" if args.disabled else "enabled",
                          primary_key=args.primary_key, secondary_key=args.secondary_key,
@@ -325,6 +334,21 @@ def cmd_device_add(args):
         crt, _ = p.issue_device_cert(args.device_id, args.make_cert)
         print("certificate and key written: %s (+ .key)" % crt)
     print("added %s (%s, %s)" % (row["id"], row["auth"], row["status"]))
+
+
+def thumbprint_of(args, cn):
+    """The SHA-256 thumbprint of --cert, or of a self-signed certificate for `cn` made in --make-cert DIR
+    (None when neither is given)."""
+    from upyhub.hub import pki
+    if args.cert:
+        cert = pki.load_cert(files.read_file(args.cert, "device certificate"))
+    elif args.make_cert:
+        cert, key = pki.self_signed_client(cn)
+        crt, _ = pki.PKI.write_pair(cert, key, args.make_cert, cn)
+        print("certificate and key written: %s (+ .key)" % crt)
+    else:
+        return None
+    return pki.thumbprints(pki.der(cert))[1]
 
 
 def cmd_device_show(args):
@@ -406,8 +430,10 @@ def cmd_policy_show(args):
 
 
 def cmd_serve(args):
-    from upyhub.hub import broker, server
-    for name in ("port", "https_port"):
+    from upyhub.hub import broker, dps, server
+    if args.dps_port is None:  # a hub on picked ports (tests, demos) picks its DPS port too
+        args.dps_port = 0 if args.port == 0 else dps.DEFAULT_PORT
+    for name in ("port", "https_port", "dps_port"):
         if not 0 <= getattr(args, name) <= 65535:
             raise UsageError("--%s must be 0..65535" % name.replace("_", "-"))
     if args.max_pending is not None and not 1 <= args.max_pending <= 100000:
@@ -419,16 +445,16 @@ def cmd_serve(args):
     if args.detach:
         return _detach(args, data)
     server.serve(args.data, args.bind, args.port, args.https_port, args.verbose,
-                 args.max_pending or broker.PENDING_PER_ADDRESS)
+                 args.max_pending or broker.PENDING_PER_ADDRESS, args.dps_port, args.dps_bind)
 
 
 def _detach(args, data):
     """`serve --detach`: the same serve in a new session, logging to DATA/hub.log; back once it serves."""
     from upyhub.hub import server
     argv = [sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(data), "--bind", args.bind,
-            "--port", str(args.port), "--https-port", str(args.https_port)]
+            "--port", str(args.port), "--https-port", str(args.https_port), "--dps-port", str(args.dps_port)]
     argv += (["--max-pending", str(args.max_pending)] if args.max_pending else []) + \
-        (["--verbose"] if args.verbose else [])
+        (["--dps-bind", args.dps_bind] if args.dps_bind else []) + (["--verbose"] if args.verbose else [])
     log_path = data / "hub.log"
     with open(log_path, "ab") as log:
         os.chmod(log_path, 0o600)
@@ -438,8 +464,10 @@ def _detach(args, data):
     while time.monotonic() < deadline:
         info = _serve_info(data)
         if info.get("pid") == proc.pid:
-            print("hub serving %s (pid %d): MQTT/TLS %s:%d, HTTPS API %s:%d; log %s; stop: upyhub hub stop --data %s"
-                  % (data, proc.pid, args.bind, info["mqtt_port"], args.bind, info["https_port"], log_path, data))
+            print("hub serving %s (pid %d): MQTT/TLS %s:%d, HTTPS API %s:%d, DPS %s:%d; log %s; "
+                  "stop: upyhub hub stop --data %s" % (data, proc.pid, args.bind, info["mqtt_port"], args.bind,
+                                                       info["https_port"], info["dps_host"], info["dps_port"],
+                                                       log_path, data))
             return 0
         if proc.poll() is not None:
             lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]

@@ -8,8 +8,6 @@ credentials are well formed but do not grant this device (unknown, disabled, wro
 import time
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
 
 from upyhub import sas
 from upyhub.errors import UsageError
@@ -116,25 +114,17 @@ def device(registry, hostname, client_id, username, password, peer_der, now=None
 
 def _ca_chain(registry, device_id, der, chain):
     """certificateAuthority: CN = device id, and a valid chain (intermediates sent by the device) to a CA
-    the hub holds (its own generations, or one registered with `hub ca --trust`). OpenSSL checks the chain:
-    signatures, validity dates, CA:TRUE and path lengths of every issuer."""
+    the hub holds (its own generations, or one registered with `hub ca --trust`), see pki.verify_chain."""
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:
         raise Refused(NOT_AUTHORIZED, "client certificate is not a valid X.509 certificate") from None
-    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if cns != [device_id]:
+    if pki.common_names(cert) != [device_id]:
         raise Refused(NOT_AUTHORIZED, "client certificate CN is not the device id")
-    store = crypto.X509Store()
-    for ca in pki.PKI(registry.data_dir).issuers():
-        store.add_cert(crypto.X509.from_cryptography(ca))
-    leaf_der = pki.der(cert)
-    untrusted = [crypto.X509.from_cryptography(c) for c in chain if pki.der(c) != leaf_der][:8]
     try:
-        crypto.X509StoreContext(store, crypto.X509.from_cryptography(cert), untrusted).verify_certificate()
-    except crypto.X509StoreContextError as e:
-        raise Refused(NOT_AUTHORIZED, "client certificate does not chain to a registered CA (%s)"
-                      % (e.args[0] if e.args else "invalid")) from None
+        pki.verify_chain(cert, chain, pki.PKI(registry.data_dir).issuers())
+    except ValueError as e:
+        raise Refused(NOT_AUTHORIZED, "client certificate does not chain to a registered CA (%s)" % e) from None
     return "X.509 CA"
 
 

@@ -83,9 +83,10 @@ class FramedReader(ReaderAdapter):
     parsed as further packets.
     """
 
-    def __init__(self, reader, ticket=None):
+    def __init__(self, reader, ticket=None, max_message=MAX_MESSAGE):
         self._reader = reader
         self.ticket = ticket
+        self.max_message = max_message
         self._buf = b""
         self._pos = 0
         self.refused = None  # reason, once the stream was cut
@@ -150,8 +151,8 @@ class FramedReader(ReaderAdapter):
         if fixed > length:
             raise Violation("malformed PUBLISH (topic longer than the packet)")
         payload = length - fixed
-        if payload > MAX_MESSAGE:  # before reading the payload: a huge packet costs nothing
-            raise Violation("message of %d bytes (limit 256 KB)" % payload)
+        if payload > self.max_message:  # before reading the payload: a huge packet costs nothing
+            raise Violation("message of %d bytes (limit %d KB)" % (payload, self.max_message // 1024))
         topic = await self._reader.readexactly(tlen)
         try:
             text = topic.decode("utf-8")
@@ -186,6 +187,8 @@ class HubHandler(BrokerProtocolHandler):
     hub = None
     device_id = None
     expires = None  # SAS expiry (Unix s): Azure drops the connection then
+    ticket = None  # the address's count of connections not logged in (broker.Gate), while it holds it
+    credentials = (None, None, ())  # the CONNECT's password, client certificate (DER) and chain
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -221,7 +224,7 @@ class HubHandler(BrokerProtocolHandler):
             return
         topics = packet.payload.topics
         for flt, _qos in topics:
-            if not engine.may_subscribe(self.device_id, flt):
+            if not self.hub.may_subscribe(self.device_id, flt):
                 return self.close("subscribe to a topic filter it may not use")
         if len(set(self.subscriptions) | {f for f, _ in topics}) > engine.MAX_SUBSCRIPTIONS:
             return self.close("more than %d subscriptions" % engine.MAX_SUBSCRIPTIONS)
@@ -266,6 +269,10 @@ class HubBroker(Broker):
     with IoT Hub's rules (below).
     """
 
+    label = ""  # log lines' prefix
+    max_message = MAX_MESSAGE  # largest PUBLISH payload read
+    hold_ticket = False  # True: a logged-in connection still counts against its address (ticket.release ends it)
+
     def __init__(self, config, hub, tls, sock, pending_per_address=PENDING_PER_ADDRESS):
         self.hub, self.tls, self.sock = hub, tls, sock
         self.gate = Gate(pending_per_address)
@@ -308,7 +315,7 @@ class HubBroker(Broker):
                 return
             protocol.connection_made(tls)
             writer = asyncio.StreamWriter(tls, protocol, reader, loop)
-            framed = FramedReader(reader, ticket)
+            framed = FramedReader(reader, ticket, self.max_message)
             framed.label = "%s:%s" % peer[:2]
             try:
                 await self._client_connected(listener_name, framed, StreamWriterAdapter(writer))
@@ -339,6 +346,11 @@ class HubBroker(Broker):
             log.warning("connection of %r ended: %s", session.client_id, type(exc).__name__)
             await writer.close()
 
+    def login(self, session, der, chain):
+        """Authenticate a CONNECT (IoT Hub's rules): (how, SAS expiry or None), or raises auth.Refused."""
+        return auth.device(self.hub.registry, self.hub.hostname, session.client_id, session.username,
+                           session.password, der, chain=chain)
+
     async def _device_session(self, reader, writer, session, handler):
         cid = session.client_id
         peer = "%s:%s" % (session.remote_address, session.remote_port)
@@ -346,10 +358,9 @@ class HubBroker(Broker):
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         chain = ssl_object.peer_chain() if der and hasattr(ssl_object, "peer_chain") else []
         try:
-            how, handler.expires = auth.device(self.hub.registry, self.hub.hostname, cid, session.username,
-                                               session.password, der, chain=chain)
+            how, handler.expires = self.login(session, der, chain)
         except auth.Refused as r:
-            log.warning("refused %r from %s: %s (CONNACK %d)", cid, peer, r.reason, r.code)
+            log.warning("%srefused %r from %s: %s (CONNACK %d)", self.label, cid, peer, r.reason, r.code)
             try:
                 await ConnackPacket.build(0, r.code).to_stream(writer)
                 await writer.close()
@@ -357,12 +368,14 @@ class HubBroker(Broker):
                 pass  # the client did not wait for the answer
             return
         finally:
-            if reader.ticket:
+            if reader.ticket and not self.hold_ticket:
                 reader.ticket.release()  # logged in (or refused): no longer counts against its address
+        handler.ticket = reader.ticket
+        handler.credentials = (session.password, der, chain)
         reader.label = repr(cid)
         old = self._sessions.get(cid)
         if old is not None:
-            log.info("%s connected again from %s: dropping its previous connection", cid, peer)
+            log.info("%s%s connected again from %s: dropping its previous connection", self.label, cid, peer)
             await old[1].handle_connection_closed()
             await old[1].stop()
         if session.keep_alive:
@@ -372,7 +385,7 @@ class HubBroker(Broker):
         handler.attach(session, reader, writer)
         self._sessions[cid] = (session, handler)
         await handler._send_packet(ConnackPacket.build(0, CONNECTION_ACCEPTED))
-        log.info("connected %s from %s (%s)", cid, peer, how)
+        log.info("%sconnected %s from %s (%s)", self.label, cid, peer, how)
         self.hub.connected(handler)
         try:
             await handler.start()
@@ -382,7 +395,7 @@ class HubBroker(Broker):
             if self._sessions.get(cid, (None, None))[1] is handler:
                 del self._sessions[cid]
             self.hub.disconnected(handler)
-            log.info("disconnected %s", cid)
+            log.info("%sdisconnected %s", self.label, cid)
 
     async def shutdown(self):
         for task in list(self._conn_tasks):

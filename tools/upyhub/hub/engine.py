@@ -46,15 +46,32 @@ def topic_matches(topic, flt):
     return len(t) == len(f)
 
 
-def may_subscribe(device_id, flt):
-    """A device's filters: its own devicebound, twin responses, desired patches, direct methods."""
+def filter_under(flt, prefixes):
+    """A well-formed MQTT topic filter (wildcards whole levels, `#` last) below one of the prefixes."""
     levels = flt.split("/")
     if any(("#" in lv and (lv != "#" or i != len(levels) - 1)) or ("+" in lv and lv != "+")
            for i, lv in enumerate(levels)):
         return False
-    prefixes = ("devices/%s/messages/devicebound/" % device_id, "$iothub/twin/res/",
-                "$iothub/twin/PATCH/properties/desired/", "$iothub/methods/POST/")
     return any(flt.startswith(p) and len(flt) > len(p) for p in prefixes)
+
+
+def may_subscribe(device_id, flt):
+    """A device's filters: its own devicebound, twin responses, desired patches, direct methods."""
+    return filter_under(flt, ("devices/%s/messages/devicebound/" % device_id, "$iothub/twin/res/",
+                              "$iothub/twin/PATCH/properties/desired/", "$iothub/methods/POST/"))
+
+
+async def deliver(handler, topic, data):
+    """Publish to a connection if one of its subscriptions matches; True when delivered (QoS 1: acked)."""
+    qos = handler.subscription_qos(topic)
+    if qos is None:
+        return False
+    try:
+        await handler.mqtt_publish(topic, data, qos, retain=False)
+        return True
+    except Exception as exc:  # connection gone or no PUBACK: the caller keeps what must be kept
+        log.info("delivery to %s failed: %s", handler.device_id, type(exc).__name__)
+        return False
 
 
 class MethodError(Exception):
@@ -75,6 +92,8 @@ class Hub:
         self.stopping = asyncio.Event()  # set when the hub stops: long-polls answer at once
 
     # --- connections ---
+    may_subscribe = staticmethod(may_subscribe)
+
     def connected(self, handler):
         self.connections[handler.device_id] = handler
         self.registry.set_connected(handler.device_id, True)
@@ -154,16 +173,7 @@ class Hub:
 
     # --- hub -> device ---
     async def send(self, handler, topic, data):
-        """Publish to the device if one of its subscriptions matches; True when delivered (QoS 1: acked)."""
-        qos = handler.subscription_qos(topic)
-        if qos is None:
-            return False
-        try:
-            await handler.mqtt_publish(topic, data, qos, retain=False)
-            return True
-        except Exception as exc:  # connection gone or no PUBACK: the caller keeps what must be kept
-            log.info("delivery to %s failed: %s", handler.device_id, type(exc).__name__)
-            return False
+        return await deliver(handler, topic, data)
 
     async def flush_c2d(self, device_id):
         handler = self.connections.get(device_id)

@@ -3,7 +3,7 @@
 Layout under DATA/pki/:
   ca-N.pem, ca-N.key          root CA of generation N (never deleted: devices may still pin it)
   server-N.pem, server-N.key  server certificate issued by CA N (chain: leaf + CA N)
-  state.json                  {"active": N, "hostname": "..."}
+  state.json                  {"active": N, "hostname": "...", "dps_hostname": "..."}
   cas/*.pem                   device CAs registered with `upyhub hub ca --trust` (certificateAuthority devices)
 
 Device certificates are never stored here and never trusted as issuers: a `selfSigned` device is its
@@ -21,12 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import crypto
 
 from upyhub.errors import UsageError
 from upyhub.hub import HubError
 from upyhub.files import write_atomic
 
 DEFAULT_HOSTNAME = "localhub.azure-devices.net"
+DEFAULT_DPS_HOSTNAME = "global.azure-devices-provisioning.net"  # the local DPS's name (Azure's global endpoint)
 CA_DAYS = 3650
 LEAF_DAYS = 825
 
@@ -118,6 +120,27 @@ def thumbprints(der):
     return hashlib.sha1(der).hexdigest().upper(), hashlib.sha256(der).hexdigest().upper()
 
 
+def verify_chain(cert, chain, anchors):
+    """Check `cert` chains, through the intermediates in `chain` (sent by the client, at most 8 used), to
+    one of `anchors`: OpenSSL checks signatures, validity dates, CA:TRUE and path lengths of every issuer.
+    An anchor may be an intermediate CA (it is trusted as registered). Raises ValueError with OpenSSL's
+    reason."""
+    store = crypto.X509Store()
+    for ca in anchors:
+        store.add_cert(crypto.X509.from_cryptography(ca))
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    leaf_der = der(cert)
+    untrusted = [crypto.X509.from_cryptography(c) for c in chain if der(c) != leaf_der][:8]
+    try:
+        crypto.X509StoreContext(store, crypto.X509.from_cryptography(cert), untrusted).verify_certificate()
+    except crypto.X509StoreContextError as e:
+        raise ValueError(e.args[0] if e.args else "invalid") from None
+
+
+def common_names(cert):
+    return [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
 def load_cert(pem):
     try:
         return x509.load_pem_x509_certificate(pem)
@@ -149,6 +172,15 @@ class PKI:
         return self.state()["hostname"]
 
     @property
+    def dps_hostname(self):
+        """The DPS endpoint's name (data folders made before the DPS existed have none: Azure's default)."""
+        return self.state().get("dps_hostname") or DEFAULT_DPS_HOSTNAME
+
+    def server_names(self):
+        """The names the server certificate is for: hub, DPS, localhost and 127.0.0.1."""
+        return [self.hostname, self.dps_hostname, "localhost", "127.0.0.1"]
+
+    @property
     def active(self):
         return self.state()["active"]
 
@@ -167,7 +199,7 @@ class PKI:
         gens = self.generations()
         return gens[-1] if gens and gens[-1] > self.active else None
 
-    def init(self, hostname=DEFAULT_HOSTNAME, force=False):
+    def init(self, hostname=DEFAULT_HOSTNAME, force=False, dps_hostname=DEFAULT_DPS_HOSTNAME):
         """Create CA 1 and its server certificate; never overwrites keys without force."""
         if self.exists() and not force:
             raise HubError("the hub PKI already exists in %s (use --force to replace it)" % self.dir)
@@ -175,26 +207,51 @@ class PKI:
         if force:
             for p in self.dir.glob("*-*.*"):
                 p.unlink()
-        self._new_generation(1, hostname)
-        self._save({"active": 1, "hostname": hostname})
+        self._save({"active": 1, "hostname": hostname, "dps_hostname": dps_hostname})
+        self._new_generation(1)
         return self.ca_path(1)
 
-    def _new_generation(self, gen, hostname):
+    def _new_generation(self, gen):
         ca, ca_key = make_ca("upyhub local hub root CA %d" % gen)
-        leaf, leaf_key = issue(ca, ca_key, hostname, server_names=(hostname, "localhost", "127.0.0.1"))
         write_atomic(self.dir / ("ca-%d.key" % gen), _key_pem(ca_key), private=True)
         write_atomic(self.dir / ("ca-%d.pem" % gen), cert_pem(ca))
+        self._issue_server(gen, ca, ca_key)
+
+    def _issue_server(self, gen, ca, ca_key):
+        leaf, leaf_key = issue(ca, ca_key, self.hostname, server_names=self.server_names())
         write_atomic(self.dir / ("server-%d.key" % gen), _key_pem(leaf_key), private=True)
         write_atomic(self.dir / ("server-%d.pem" % gen), cert_pem(leaf) + cert_pem(ca))
 
+    def ensure_server_names(self):
+        """Reissue (from the same CA) the active and pending server certificates that lack a name of
+        server_names(): data folders made before the DPS existed have no DPS hostname in theirs.
+        The CAs stay, so devices that pin them are unaffected. Returns the generations reissued."""
+        st = self.state()
+        if "dps_hostname" not in st:
+            self._save(dict(st, dps_hostname=DEFAULT_DPS_HOSTNAME))
+        want = {n.lower() for n in self.server_names()}
+        done = []
+        for gen in {self.active, self.pending() or self.active}:
+            leaf = x509.load_pem_x509_certificate(self.server_paths(gen)[0].read_bytes())
+            try:
+                sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                have = {n.lower() for n in sans.get_values_for_type(x509.DNSName)}
+                have |= {str(a) for a in sans.get_values_for_type(x509.IPAddress)}
+            except x509.ExtensionNotFound:
+                have = set()
+            if not want <= have:
+                self._issue_server(gen, *self.ca(gen))
+                done.append(gen)
+        return done
+
     def rotate(self):
         """Create the next CA generation and its server certificate, without activating it."""
-        st = self.state()
+        self.state()
         if self.pending():
             raise HubError("CA %d is already waiting: activate it with `upyhub hub rotate-ca --activate`"
                              % self.pending())
         gen = self.generations()[-1] + 1
-        self._new_generation(gen, st["hostname"])
+        self._new_generation(gen)
         return gen
 
     def activate(self):

@@ -1,4 +1,5 @@
-"""`upyhub hub serve`: the device endpoint (MQTT/TLS) and the service API (HTTPS) in one asyncio loop."""
+"""`upyhub hub serve`: the device endpoint (MQTT/TLS), the service API (HTTPS) and the local DPS (MQTT/TLS)
+in one asyncio loop."""
 import asyncio
 import errno
 import fcntl
@@ -13,7 +14,8 @@ import ssl
 from aiohttp import web
 
 from upyhub.files import write_atomic
-from upyhub.hub import HubError, broker, engine, logs, pki as pki_mod, registry as reg, service, tls
+from upyhub.hub import HubError, broker, dps, dps_endpoint, engine, logs, pki as pki_mod, service, tls
+from upyhub.hub import registry as reg
 
 log = logging.getLogger("upyhub.hub")
 STOP_GRACE = 0.5  # seconds the service API gives requests under way when the hub stops
@@ -107,62 +109,92 @@ def running_summary(data_dir):
     pid = running_pid(data_dir)
     try:
         info = json.loads((data_dir / "serve.json").read_text())
-        ports = "MQTT port %s, HTTPS port %s" % (info["mqtt_port"], info["https_port"])
+        ports = "MQTT port %s, HTTPS port %s, DPS port %s" % (info["mqtt_port"], info["https_port"],
+                                                              info.get("dps_port", "-"))
     except (OSError, ValueError, KeyError, TypeError):
         ports = "starting"
     return "pid %s, %s" % (pid if pid and pid > 0 else "?", ports)
 
 
 async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None,
-              pending_per_address=broker.PENDING_PER_ADDRESS):
+              pending_per_address=broker.PENDING_PER_ADDRESS, dps_port=dps.DEFAULT_PORT, dps_bind=None):
     pki = pki_mod.PKI(data_dir)
     hostname = pki.hostname
     registry = reg.Registry(data_dir)
     lock = ServeLock(registry.data_dir)
     try:
         lock.acquire()
-        await _serve(pki, hostname, registry, bind, port, https_port, ready, pending_per_address)
+        for gen in pki.ensure_server_names():  # a data folder from before the DPS: add its hostname
+            log.info("server certificate %d reissued by CA %d for %s", gen, gen, ", ".join(pki.server_names()))
+        listen = {"mqtt": (bind, port), "https": (bind, https_port), "dps": (dps_bind or bind, dps_port)}
+        await _serve(pki, hostname, registry, listen, ready, pending_per_address)
     finally:
         lock.release()
         registry.close()
 
 
-async def _serve(pki, hostname, registry, bind, port, https_port, ready, pending_per_address):
+def _listen_all(listen):
+    """Bind every port here, so a busy port is a clear error and port 0 is known before anything starts."""
+    socks = {}
+    try:
+        for name, (addr, port) in listen.items():
+            socks[name] = _listen(addr, port)
+    except HubError:
+        for s in socks.values():
+            s.close()
+        raise
+    return socks
+
+
+async def _start_broker(cls, engine_, ctx, sock, pending_per_address, what):
+    addr, port = sock.getsockname()[:2]
+    config = {"listeners": {"default": {"type": "tcp", "bind": "%s:%d" % (addr, port), "ssl": True,
+                                        "certfile": str(ctx.pki.server_paths()[0]),
+                                        "keyfile": str(ctx.pki.server_paths()[1])}},
+              "plugins": {}}  # amqtt checks the files exist; the context itself comes from ServerTLS
+    mqtt = cls(config, engine_, ctx, sock, pending_per_address)
+    try:
+        await mqtt.start()
+    except Exception as e:
+        raise HubError("cannot start the %s on %s:%d: %s" % (what, addr, port, e)) from None
+    return mqtt
+
+
+async def _serve(pki, hostname, registry, listen, ready, pending_per_address):
     registry.reset_connections()
     hub = engine.Hub(registry, hostname)
+    dps_engine = dps_endpoint.DpsEngine(registry, hostname)
+    id_scope = dps_engine.store.id_scope()
     ctx = tls.ServerTLS(pki)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_exception_handler)
     files_limit = raise_open_files_limit()
 
-    # both ports are bound here, so a busy port is a clear error and port 0 is known
-    mqtt_sock = _listen(bind, port)
-    mqtt_port = mqtt_sock.getsockname()[1]
+    socks = _listen_all(listen)
+    brokers = []
     try:
-        https_sock = _listen(bind, https_port)
+        brokers.append(await _start_broker(broker.HubBroker, hub, ctx, socks["mqtt"], pending_per_address,
+                                           "MQTT endpoint"))
+        brokers.append(await _start_broker(dps_endpoint.DpsBroker, dps_engine, ctx, socks["dps"],
+                                           pending_per_address, "DPS endpoint"))
     except HubError:
-        mqtt_sock.close()
+        await asyncio.gather(*(b.shutdown() for b in brokers), return_exceptions=True)
+        for s in socks.values():
+            s.close()
         raise
-    cert, key = pki.server_paths()  # amqtt checks they exist; the context itself comes from ServerTLS
-    config = {"listeners": {"default": {"type": "tcp", "bind": "%s:%d" % (bind, mqtt_port), "ssl": True,
-                                        "certfile": str(cert), "keyfile": str(key)}},
-              "plugins": {}}
-    mqtt = broker.HubBroker(config, hub, ctx, mqtt_sock, pending_per_address)
-    try:
-        await mqtt.start()
-    except Exception as e:
-        mqtt_sock.close()
-        https_sock.close()
-        raise HubError("cannot start the MQTT endpoint on %s:%d: %s" % (bind, mqtt_port, e)) from None
+    mqtt, dps_mqtt = brokers
+    https_sock = socks["https"]
     runner = web.AppRunner(service.make_app(hub), access_log=None, handle_signals=False,
                            shutdown_timeout=STOP_GRACE)
     await runner.setup()
     site = web.SockSite(runner, https_sock, ssl_context=ctx.https_listener, shutdown_timeout=STOP_GRACE)
     await site.start()
-    ports = {"mqtt_port": mqtt.port(), "https_port": https_sock.getsockname()[1]}
+    ports = {"mqtt_port": mqtt.port(), "https_port": https_sock.getsockname()[1], "dps_port": dps_mqtt.port()}
+    bind, dps_bind = listen["mqtt"][0], listen["dps"][0]
     # whole or absent: tools poll for this file and read it as soon as it exists
     write_atomic(registry.data_dir / "serve.json",
-                 json.dumps(dict(ports, hostname=hostname, host=bind, pid=os.getpid())).encode())
+                 json.dumps(dict(ports, hostname=hostname, host=bind, pid=os.getpid(), dps_host=dps_bind,
+                                 dps_hostname=pki.dps_hostname, id_scope=id_scope)).encode())
 
     sweeper = asyncio.ensure_future(hub.sweep())
     stop = asyncio.Event()
@@ -172,13 +204,16 @@ async def _serve(pki, hostname, registry, bind, port, https_port, ready, pending
     print("  hostname   %s" % hostname)
     print("  MQTT/TLS   %s:%d   (devices; TLS 1.2+)" % (bind, ports["mqtt_port"]))
     print("  HTTPS API  %s:%d   (service; policy SAS tokens)" % (bind, ports["https_port"]))
+    print("  DPS/MQTT   %s:%d   (device provisioning as %s; ID scope %s)"
+          % (dps_bind, ports["dps_port"], pki.dps_hostname, id_scope))
     print("  CA         %s   (generation %d; devices pin this)" % (pki.ca_path(), pki.active))
     print("  data       %s   (%d devices)" % (registry.data_dir, registry.count_devices()))
     print("  limits     %d open files; %d connections per address before login"
           % (files_limit, pending_per_address))
     print("  service connection string: upyhub hub policy show service --connection-string")
     print("Ctrl-C stops the hub.")
-    print("mqtt_port=%d https_port=%d" % (ports["mqtt_port"], ports["https_port"]), flush=True)
+    print("mqtt_port=%d https_port=%d dps_port=%d" % (ports["mqtt_port"], ports["https_port"], ports["dps_port"]),
+          flush=True)
     if ready:
         ready(ports)
     try:
@@ -187,7 +222,7 @@ async def _serve(pki, hostname, registry, bind, port, https_port, ready, pending
         log.info("stopping")
         hub.stopping.set()  # long-polls answer now
         sweeper.cancel()
-        await asyncio.gather(runner.cleanup(), mqtt.shutdown(), return_exceptions=True)
+        await asyncio.gather(runner.cleanup(), mqtt.shutdown(), dps_mqtt.shutdown(), return_exceptions=True)
         registry.reset_connections()
         (registry.data_dir / "serve.json").unlink(missing_ok=True)
         logs.flush()
@@ -195,6 +230,7 @@ async def _serve(pki, hostname, registry, bind, port, https_port, ready, pending
 
 
 def serve(data_dir, bind="0.0.0.0", port=8883, https_port=8443, verbose=False,
-          pending_per_address=broker.PENDING_PER_ADDRESS):
+          pending_per_address=broker.PENDING_PER_ADDRESS, dps_port=dps.DEFAULT_PORT, dps_bind=None):
     logs.install(verbose)
-    asyncio.run(run(data_dir, bind, port, https_port, pending_per_address=pending_per_address))
+    asyncio.run(run(data_dir, bind, port, https_port, pending_per_address=pending_per_address,
+                    dps_port=dps_port, dps_bind=dps_bind))
