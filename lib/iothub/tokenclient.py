@@ -42,6 +42,44 @@ def fetch(cfg, secret, cadata, log=print):
     return tok, exp
 
 
+def _length(head):
+    # Content-Length of an answer's head, or MAX_ANSWER when it has none.
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:" and line[15:].strip().isdigit():
+            return int(line[15:].strip())
+    return MAX_ANSWER
+
+
+def _answer(t, raw_sock, timeout):
+    # The whole answer: head and Content-Length bytes of body (or up to the server's close), read from
+    # a non-blocking socket with a deadline (a read that asks for more than the answer holds would
+    # otherwise wait for the server to close).
+    import select
+    import time
+
+    raw_sock.settimeout(0)
+    p = select.poll()
+    p.register(raw_sock, select.POLLIN)
+    deadline = time.ticks_add(time.ticks_ms(), timeout * 1000)
+    buf = bytearray(256)
+    raw = b""
+    while len(raw) <= MAX_ANSWER:
+        i = raw.find(b"\r\n\r\n")
+        if i >= 0 and len(raw) - i - 4 >= _length(raw[:i]):
+            break
+        n = t.readinto(buf)
+        if n is None:
+            left = time.ticks_diff(deadline, time.ticks_ms())
+            if left <= 0:
+                raise OSError(110, "no whole answer within %d s" % timeout)
+            p.poll(left)
+            continue
+        if not n:
+            break
+        raw += buf[:n]
+    return raw
+
+
 def _call(ts, cadata, timeout, method, path, body):
     # One HTTPS request; -> the JSON answer (2xx), or Failure with the service's reason.
     from iothub import handshake
@@ -59,12 +97,7 @@ def _call(ts, cadata, timeout, method, path, body):
         data = (body or "").encode()
         t.write(("%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                  "Connection: close\r\n\r\n" % (method, path, host, len(data))).encode() + data)
-        raw = b""
-        while len(raw) <= MAX_ANSWER:
-            chunk = t.read(512)
-            if not chunk:
-                break
-            raw += chunk
+        raw = _answer(t, s, timeout)
         t.close()
     finally:
         s.close()
@@ -72,6 +105,7 @@ def _call(ts, cadata, timeout, method, path, body):
         transport._unload("handshake")
         transport.keep_room()
     head, _, payload = raw.partition(b"\r\n\r\n")
+    payload = payload[:_length(head)]
     status = head[9:12]
     if len(raw) > MAX_ANSWER or not head.startswith(b"HTTP/1.") or not status.isdigit():
         raise Failure("wait", "token service: not an HTTP answer it should give")

@@ -138,9 +138,15 @@ def image(flash, source=False, tree=None):
 
 
 def hub_ports(cfg):
-    """The TCP ports the firmware may connect to: the hub's MQTT port from config.json (8883 by default)."""
-    port = cfg.get("port", 8883) if isinstance(cfg, dict) else None
-    return [port] if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 else []
+    """The TCP ports the firmware may connect to, from config.json: the hub's MQTT port (8883 by default),
+    DPS's when it registers through DPS (8883), the token service's when it gets its tokens there (443)."""
+    if not isinstance(cfg, dict):
+        return []
+    ports = [cfg.get("port", 8883)]
+    for section, default in (("dps", 8883), ("token_service", 443)):
+        if isinstance(cfg.get(section), dict):
+            ports.append(cfg[section].get("port", default))
+    return [p for p in ports if isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536]
 
 
 def _resolve(cfg, flash):
