@@ -469,27 +469,41 @@ def _check_on_hub(board, opts, hostname, roots):
                          "one the hub has for %s" % (rc, opts.device_id))
 
 
-def mqtt_connect(address, port, hostname, roots, device_id, token, timeout=60):
-    """One MQTT 3.1.1 CONNECT over TLS as the device; returns the CONNACK return code (0: accepted)."""
+def _roots_context(roots):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name; trusts only `roots`
     ctx.load_verify_locations(cadata=roots if roots[:1] == b"\x30" else roots.decode("ascii"))
+    return ctx
 
-    def s(text):
-        b = text.encode()
-        return struct.pack("!H", len(b)) + b
 
-    user = "%s/%s/?api-version=2021-04-12" % (hostname, device_id)
-    body = s("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60) + s(device_id) + s(user) + s(token)
+def _s(text):
+    """An MQTT UTF-8 string: length, then bytes."""
+    b = text.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def _packet(first, body):
+    """An MQTT packet: first byte, remaining length, body."""
     n, rem = len(body), b""
     while True:
         d, n = n % 128, n // 128
         rem += bytes([d | (0x80 if n else 0)])
         if not n:
-            break
+            return bytes([first]) + rem + body
+
+
+def _connect_packet(client_id, user, password):
+    return _packet(0x10, _s("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60) + _s(client_id) + _s(user) +
+                   _s(password))
+
+
+def mqtt_connect(address, port, hostname, roots, device_id, token, timeout=60):
+    """One MQTT 3.1.1 CONNECT over TLS as the device; returns the CONNACK return code (0: accepted)."""
+    ctx = _roots_context(roots)
+    user = "%s/%s/?api-version=2021-04-12" % (hostname, device_id)
     try:
         with socket.create_connection((address, port), timeout=timeout) as raw:
             with ctx.wrap_socket(raw, server_hostname=hostname) as tls:
-                tls.sendall(b"\x10" + rem + body)
+                tls.sendall(_connect_packet(device_id, user, token))
                 ack = b""
                 while len(ack) < 4:
                     chunk = tls.recv(4 - len(ack))
@@ -558,8 +572,216 @@ def load_batch(path):
 
 
 def copy_options(opts, **changes):
-    new = Options.__new__(Options)
+    new = type(opts).__new__(type(opts))
     new.__dict__.update(opts.__dict__)
     new.__dict__.update(changes)
     return new
 
+
+
+# --- DPS: the board learns its hub at its first boot --------------------------------------------------------
+
+class DpsOptions:
+    """What `upyhub provision --dps` was asked: the board gets an ID scope, its registration id and its own key
+    (derived from the group key, or an individual enrollment's); the group key never goes to it."""
+
+    def __init__(self, port, registration_id, id_scope, board="esp32", endpoint="global.azure-devices-provisioning.net",
+                 dps_port=8883, dps_gateway=None, hub_gateway=None, hub_port=8883, roots=None, wifi_ssid=None,
+                 wifi_password=None,
+                 group_key=None, enroll_data=None, reset=True, timeout=120, ntp=("pool.ntp.org",),
+                 telemetry_interval=10, force=False):
+        self.port, self.registration_id, self.id_scope, self.board = port, registration_id, id_scope, board
+        self.endpoint, self.dps_port, self.dps_gateway, self.hub_gateway = endpoint, dps_port, dps_gateway, hub_gateway
+        self.hub_port = hub_port
+        self.roots, self.wifi_ssid, self.wifi_password = roots, wifi_ssid, wifi_password
+        self.group_key, self.enroll_data, self.reset, self.timeout = group_key, enroll_data, reset, timeout
+        self.ntp, self.telemetry_interval, self.force = list(ntp), telemetry_interval, force
+
+
+def dps_config(opts):
+    d = {"id_scope": opts.id_scope, "registration_id": opts.registration_id, "endpoint": opts.endpoint,
+         "port": opts.dps_port}
+    if opts.dps_gateway:
+        d["gateway"] = opts.dps_gateway
+    cfg = {"dps": d, "auth": "sas", "certs_dir": "certs", "ntp": opts.ntp, "telemetry_interval": opts.telemetry_interval,
+           "port": opts.hub_port}  # the assigned hub's MQTT port (8883 on Azure)
+    if opts.hub_gateway:
+        cfg["gateway"] = opts.hub_gateway
+    if opts.wifi_ssid:
+        cfg["wifi"] = {"ssid": opts.wifi_ssid}
+    return cfg
+
+
+def provision_dps(opts, say=print):
+    """Provision the board on opts.port for DPS; returns a summary dict. The check: a DPS token minted on the
+    board with its flashed key, presented to DPS, which must assign it a hub."""
+    try:
+        sas.check_registration_id(opts.registration_id)
+    except ValueError as exc:
+        raise UsageError("registration id: %s" % exc)
+    if not opts.group_key and not opts.enroll_data:
+        raise UsageError("--dps needs the device's key: --group-key-file (a group enrollment's key, from which the "
+                         "device's own is derived) or --enroll (an individual enrollment on the local DPS)")
+    roots = opts.roots if opts.roots is not None else certs.azure_bundle()
+    if certs.device_verdict(roots):
+        raise UsageError("the root certificates would be refused by the device: %s" % certs.device_verdict(roots))
+    forbidden = [opts.group_key] if opts.group_key else []
+    board = mpr.Board(opts.port, opts.timeout)
+    tree = device_tree(opts.board)
+    say("reading the board on %s" % opts.port)
+    snap = board.snapshot()
+    check_board(snap, opts.board, opts.port)
+    files = snap["files"]
+    cfg_now = snap.get("config") or {}
+    old = (cfg_now.get("dps") or {}).get("registration_id") if isinstance(cfg_now.get("dps"), dict) else \
+        cfg_now.get("device_id")
+    if isinstance(old, str) and old and old != opts.registration_id and not opts.force:
+        raise UsageError("the board on %s is provisioned as %r: --force re-identifies it as %r; nothing was written"
+                         % (opts.port, old, opts.registration_id))
+    summary = {"registration_id": opts.registration_id, "port": opts.port, "changed": []}
+    same = old == opts.registration_id
+    key = None
+    if opts.group_key:
+        key = sas.derive_device_key(opts.group_key, opts.registration_id)
+        summary["enrollment"] = "group"
+    else:
+        from upyhub.hub import dps
+
+        existing = _dps_enrollment(opts.enroll_data, opts.registration_id)
+        board_key = _read_board_secrets(board).get("device_key") if same and snap.get("key_sha") else None
+        if existing is not None:
+            keys = existing["attestation"]["symmetricKey"]
+            if board_key in (keys["primaryKey"], keys["secondaryKey"]):
+                key = board_key
+            else:
+                raise UsageError("registration %s already has an individual enrollment with other keys than this "
+                                 "board's; remove it (upyhub hub dps enrollment remove) or use another id"
+                                 % opts.registration_id)
+            summary["enrollment"] = "individual (unchanged)"
+        else:
+            key = board_key or sas.new_key()
+            dps.create_enrollment(opts.enroll_data, opts.registration_id, primary_key=key, secondary_key=sas.new_key())
+            summary["enrollment"] = "individual (created)"
+    cfg = dps_config(opts)
+    secrets = {"device_key": key}
+    pw = opts.wifi_password
+    if pw is None and same and snap.get("wifi_password_sha"):
+        pw = _read_board_secrets(board).get("wifi_password")
+    if pw:
+        secrets["wifi_password"] = pw
+    _checked(cfg, secrets)
+    want = {SECRETS: json.dumps(secrets, sort_keys=True).encode(), CONFIG: json.dumps(cfg, sort_keys=True).encode()}
+    guard(want, forbidden)
+    certs_fresh = {} if any(p.startswith("/certs/") for p in files) else fresh_cert_store(roots)
+    guard(tree, forbidden, credentials=False)
+    plan = dict(certs_fresh)
+    plan.update(want)
+    plan.update(tree)
+    todo = {p: d for p, d in plan.items() if files.get("/" + p, [None])[0] != _sha(d)}
+    if "/dps.json" in files and (SECRETS in todo or CONFIG in todo):
+        todo["dps.json"] = b""  # another registration or key: the first boot registers again
+    _check_space(snap, todo, opts.port)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = pathlib.Path(tmp)
+        first = {p: todo[p] for p in list(certs_fresh) + [SECRETS, CONFIG, "dps.json"] if p in todo}
+        if first:
+            say("writing %s" % ", ".join(sorted(first)))
+            _write(board, stage, first, files, atomic=(SECRETS, CONFIG))
+        rest = {p: d for p, d in todo.items() if p not in first}
+        if rest:
+            say("writing %d firmware files" % len(rest))
+            _write(board, stage, rest, files)
+        summary["changed"] = sorted(todo)
+    say("checking: a DPS token minted on the board, presented to DPS")
+    token = board.tagged(_DPS_TOKEN % (int(time.time()) + 300), "UPYHUB-TOKEN")
+    hub, device = dps_register(opts.dps_gateway or opts.endpoint, opts.dps_port, opts.endpoint, roots, opts.id_scope,
+                               opts.registration_id, token, timeout=opts.timeout)
+    summary["assigned"] = {"hub": hub, "device_id": device}
+    if opts.reset:
+        board.run("reset")
+        summary["reset"] = True
+    return summary
+
+
+def _dps_enrollment(data, registration_id):
+    from upyhub.hub import HubError, dps
+
+    try:
+        return dps.get_enrollment(data, registration_id, keys=True)
+    except HubError:
+        return None
+
+
+_DPS_TOKEN = """
+import json
+from iothub import sas
+cfg = json.load(open('/config.json'))['dps']
+sec = json.load(open('/secrets.json'))
+print('UPYHUB-TOKEN ' + json.dumps(sas.token(cfg['id_scope'] + '/registrations/' + cfg['registration_id'],
+                                             sec['device_key'], %d, policy='registration')))
+"""
+
+
+def dps_register(address, port, hostname, roots, id_scope, registration_id, token, timeout=60):
+    """Register with DPS over MQTT as the device would (Azure's protocol); returns (assigned hub, device id).
+    Raises UpyhubError with DPS's reason when it refuses."""
+    ctx = _roots_context(roots)
+
+    def read(tls):
+        first = tls.recv(1)
+        if not first:
+            raise UpyhubError("DPS closed the connection")
+        n, shift = 0, 0
+        while True:
+            b = tls.recv(1)[0]
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        body = b""
+        while len(body) < n:
+            chunk = tls.recv(n - len(body))
+            if not chunk:
+                raise UpyhubError("DPS closed the connection")
+            body += chunk
+        return first[0], body
+
+    user = "%s/registrations/%s/api-version=2019-03-31" % (id_scope, registration_id)
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=hostname) as tls:
+                tls.sendall(_connect_packet(registration_id, user, token))
+                kind, body = read(tls)
+                if kind != 0x20 or body[1] != 0:
+                    raise UpyhubError("DPS refused the registration's CONNECT (CONNACK %d)" % (body[1] if body else -1))
+                tls.sendall(_packet(0x82, b"\x00\x01" + _s("$dps/registrations/res/#") + b"\x01"))
+                rid = 1
+                tls.sendall(_packet(0x30, _s("$dps/registrations/PUT/iotdps-register/?$rid=1") +
+                                   json.dumps({"registrationId": registration_id}).encode()))
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    kind, body = read(tls)
+                    if kind & 0xF0 != 0x30:
+                        continue
+                    qos = (kind >> 1) & 3
+                    tlen = struct.unpack("!H", body[:2])[0]
+                    topic = body[2:2 + tlen].decode()
+                    doc = json.loads(body[2 + tlen + (2 if qos else 0):] or b"null")
+                    if qos:
+                        tls.sendall(b"\x40\x02" + body[2 + tlen:4 + tlen])
+                    status = int(topic.split("/")[3])
+                    if status == 200 and doc.get("status") == "assigned":
+                        state = doc["registrationState"]
+                        return state["assignedHub"], state["deviceId"]
+                    if status != 202:
+                        raise UpyhubError("DPS refused the registration (%d): %s" % (status, doc.get("message", "")))
+                    time.sleep(min(3, max(1, int(dict(p.split("=", 1) for p in topic.split("?", 1)[1].split("&")
+                                                      if "=" in p).get("retry-after", 1)))))
+                    rid += 1
+                    tls.sendall(_packet(0x30, _s("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=%d&"
+                                               "operationId=%s" % (rid, doc["operationId"]))))
+                raise UpyhubError("DPS did not assign a hub within %d s" % timeout)
+    except ssl.SSLError as exc:
+        raise UpyhubError("TLS to DPS at %s:%d failed: %s" % (address, port, network_reason(exc)))
+    except OSError as exc:
+        raise UpyhubError("cannot reach DPS at %s:%d: %s" % (address, port, network_reason(exc)))

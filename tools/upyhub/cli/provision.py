@@ -36,6 +36,17 @@ def register(sub):
     p.add_argument("--remove-old", action="store_true",
                    help="with a board provisioned as another device: re-identify it and remove the old identity "
                         "from the hub once the new one works (implies --force)")
+    p.add_argument("--dps", action="store_true",
+                   help="the board registers with the Device Provisioning Service at its first boot instead of "
+                        "knowing its hub: it gets the ID scope, its registration id (--device-id) and its own key")
+    p.add_argument("--id-scope", help="with --dps: the DPS ID scope (default with --data: the local DPS's)")
+    p.add_argument("--dps-endpoint", default=None,
+                   help="with --dps: DPS's hostname (default global.azure-devices-provisioning.net)")
+    p.add_argument("--dps-port", type=int, default=None, help="with --dps: DPS's MQTT/TLS port (default 8883; "
+                                                              "with --data: the local DPS's)")
+    p.add_argument("--enroll", action="store_true",
+                   help="with --dps and --data: create an individual enrollment on the local DPS for this board "
+                        "(instead of --group-key-file)")
     p.add_argument("--no-reset", action="store_true", help="leave the board without resetting it at the end")
     p.add_argument("--timeout", type=int, default=120, help="seconds per board session (default 120)")
     add_output(p, "the summary")
@@ -85,7 +96,53 @@ def _line(s):
         "; old identity " + s["old"] if s.get("old") else "")
 
 
+def _dps_options(args):
+    """provision.DpsOptions from the command line (and the local hub's DPS with --data)."""
+    local = {}
+    if args.data:
+        from upyhub.hub import dps
+
+        local = dps.endpoint(args.data)
+    scope = args.id_scope or local.get("idScope")
+    if not scope:
+        raise UsageError("--dps needs --id-scope (or --data DIR for the local DPS)")
+    if args.enroll and not args.data:
+        raise UsageError("--enroll creates an enrollment on the local DPS: give --data DIR (on Azure: az iot dps "
+                         "enrollment create)")
+    group = provision.read_secret_file(args.group_key_file, "group key") if args.group_key_file else None
+    pw = provision.read_secret_file(args.wifi_password_file, "Wi-Fi password") if args.wifi_password_file else \
+        os.environ.get("UPYHUB_WIFI_PASSWORD")
+    roots_file = args.roots or (local.get("caPath") if args.data else None)
+    roots = files.read_file(roots_file, "root certificate file") if roots_file else None
+    return provision.DpsOptions(
+        args.port, args.device_id, scope, board=args.board,
+        endpoint=args.dps_endpoint or local.get("hostname") or "global.azure-devices-provisioning.net",
+        dps_port=args.dps_port or local.get("port") or 8883, dps_gateway=local.get("host") if args.data else None,
+        hub_gateway=args.gateway or (local.get("host") if args.data else None), roots=roots,
+        hub_port=args.mqtt_port or (provision.local_hub(args.data)["mqtt_port"] if args.data else 8883),
+        wifi_ssid=args.wifi_ssid, wifi_password=pw, group_key=group, enroll_data=args.data if args.enroll else None,
+        reset=not args.no_reset, timeout=args.timeout, force=args.force)
+
+
+def _dps_line(s):
+    a = s["assigned"]
+    return "%s on %s: %s enrollment, %s, DPS assigns %s on %s" % (
+        s["registration_id"], s["port"], s["enrollment"],
+        "wrote %d files" % len(s["changed"]) if s["changed"] else "nothing to write", a["device_id"], a["hub"])
+
+
 def run(args):
+    if args.dps:
+        if args.rotate_key or args.remove_old or args.hub_cs_file:
+            raise UsageError("--dps: the board's key comes from its enrollment (no --rotate-key, --remove-old or "
+                             "hub connection string)")
+        if args.batch:
+            return _batch(args)
+        if not args.port or not args.device_id:
+            raise UsageError("give a port and --device-id (the registration id), or --batch CSV")
+        summary = provision.provision_dps(_dps_options(args), say=_say)
+        print_json(summary) if args.output == "json" else print(_dps_line(summary))
+        return 0
     if args.batch:
         if args.port or args.device_id:
             raise UsageError("--batch takes ports and device ids from the CSV, not the command line")
@@ -106,7 +163,7 @@ def _batch(args):
 
     rows = provision.load_batch(args.batch)
     args.port, args.device_id = rows[0]["port"], rows[0]["device_id"]
-    base = _options(args)
+    base = _dps_options(args) if args.dps else _options(args)
     results = []
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as bar:
@@ -121,11 +178,18 @@ def _batch(args):
                     raise UsageError("stopped: no answer to the board-swap prompt (stdin closed)")
                 bar.start()
             previous = row["port"]
-            opts = provision.copy_options(base, port=row["port"], device_id=row["device_id"],
-                                          wifi_ssid=row["wifi_ssid"] or base.wifi_ssid)
             try:
-                s = provision.provision(opts, say=lambda m: None)
-                results.append((row, "ok", "hub %s, %d files written" % (s["hub"], len(s["changed"]))))
+                if args.dps:
+                    opts = provision.copy_options(base, port=row["port"], registration_id=row["device_id"],
+                                                  wifi_ssid=row["wifi_ssid"] or base.wifi_ssid)
+                    s = provision.provision_dps(opts, say=lambda m: None)
+                    results.append((row, "ok", "DPS assigns %s, %d files written"
+                                    % (s["assigned"]["device_id"], len(s["changed"]))))
+                else:
+                    opts = provision.copy_options(base, port=row["port"], device_id=row["device_id"],
+                                                  wifi_ssid=row["wifi_ssid"] or base.wifi_ssid)
+                    s = provision.provision(opts, say=lambda m: None)
+                    results.append((row, "ok", "hub %s, %d files written" % (s["hub"], len(s["changed"]))))
             except UpyhubError as exc:
                 results.append((row, "FAILED", str(exc)))
             bar.advance(task)
