@@ -298,3 +298,20 @@ def test_connections_count_against_their_address_until_they_authenticate(tmp_pat
         assert "connections from there are not logged in yet" in hub.log()
     finally:
         hub.stop()
+
+
+def test_a_busy_dps_port_is_one_line(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        hub = LocalHub(tmp_path / "hub")
+        out = subprocess.run([sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(hub.data_dir), "--bind",
+                              "127.0.0.1", "--port", "0", "--https-port", "0", "--dps-port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        busy.close()
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("upyhub: error: cannot listen on 127.0.0.1:%d" % port), out.stderr
+    assert not (hub.data_dir / "serve.json").exists()
