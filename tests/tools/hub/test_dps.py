@@ -221,6 +221,19 @@ def test_x509_group_enrollment_with_an_intermediate_ca(mhub, tmp_path):
         assert d.provision()["registrationState"]["deviceId"] == "plant-2-dev"
 
 
+def test_a_connection_without_credentials_does_not_disturb_a_registering_device(mhub):
+    primary, _ = keys_of(dps.create_enrollment(mhub.data_dir, "steady"))
+    with DpsClient(mhub, "steady", registration_token(mhub.id_scope, "steady", primary)) as device:
+        status, _, doc = device.register()
+        assert status == 202
+        with DpsClient(mhub, "steady", None) as intruder:  # same registration id, no credential
+            assert intruder.connack == 0 and intruder.register()[0] == 401
+            assert intruder.poll(doc["operationId"])[0] == 401  # nor can it read the device's operation
+            status, _, done = device.poll(doc["operationId"])
+            assert status == 200 and done["registrationState"]["deviceId"] == "steady"
+            assert not device.disconnected.is_set()
+
+
 def test_abuse_closes_the_connection(mhub):
     primary, _ = keys_of(dps.create_enrollment(mhub.data_dir, "abuser"))
     tok = registration_token(mhub.id_scope, "abuser", primary)
