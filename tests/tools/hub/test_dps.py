@@ -221,6 +221,19 @@ def test_x509_group_enrollment_with_an_intermediate_ca(mhub, tmp_path):
         assert d.provision()["registrationState"]["deviceId"] == "plant-2-dev"
 
 
+def test_a_connection_without_credentials_does_not_disturb_a_registering_device(mhub):
+    primary, _ = keys_of(dps.create_enrollment(mhub.data_dir, "steady"))
+    with DpsClient(mhub, "steady", registration_token(mhub.id_scope, "steady", primary)) as device:
+        status, _, doc = device.register()
+        assert status == 202
+        with DpsClient(mhub, "steady", None) as intruder:  # same registration id, no credential
+            assert intruder.connack == 0 and intruder.register()[0] == 401
+            assert intruder.poll(doc["operationId"])[0] == 401  # nor can it read the device's operation
+            status, _, done = device.poll(doc["operationId"])
+            assert status == 200 and done["registrationState"]["deviceId"] == "steady"
+            assert not device.disconnected.is_set()
+
+
 def test_abuse_closes_the_connection(mhub):
     primary, _ = keys_of(dps.create_enrollment(mhub.data_dir, "abuser"))
     tok = registration_token(mhub.id_scope, "abuser", primary)
@@ -298,3 +311,20 @@ def test_connections_count_against_their_address_until_they_authenticate(tmp_pat
         assert "connections from there are not logged in yet" in hub.log()
     finally:
         hub.stop()
+
+
+def test_a_busy_dps_port_is_one_line(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        hub = LocalHub(tmp_path / "hub")
+        out = subprocess.run([sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(hub.data_dir), "--bind",
+                              "127.0.0.1", "--port", "0", "--https-port", "0", "--dps-port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        busy.close()
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("upyhub: error: cannot listen on 127.0.0.1:%d" % port), out.stderr
+    assert not (hub.data_dir / "serve.json").exists()

@@ -272,6 +272,7 @@ class HubBroker(Broker):
     label = ""  # log lines' prefix
     max_message = MAX_MESSAGE  # largest PUBLISH payload read
     hold_ticket = False  # True: a logged-in connection still counts against its address (ticket.release ends it)
+    one_per_id = True  # a second connection of a client id drops the first (IoT Hub); False: they coexist
 
     def __init__(self, config, hub, tls, sock, pending_per_address=PENDING_PER_ADDRESS):
         self.hub, self.tls, self.sock = hub, tls, sock
@@ -373,7 +374,8 @@ class HubBroker(Broker):
         handler.ticket = reader.ticket
         handler.credentials = (session.password, der, chain)
         reader.label = repr(cid)
-        old = self._sessions.get(cid)
+        key = cid if self.one_per_id else (cid, id(handler))
+        old = self._sessions.get(key)
         if old is not None:
             log.info("%s%s connected again from %s: dropping its previous connection", self.label, cid, peer)
             await old[1].handle_connection_closed()
@@ -383,7 +385,7 @@ class HubBroker(Broker):
         session.transitions.connect()
         handler.hub, handler.device_id = self.hub, cid
         handler.attach(session, reader, writer)
-        self._sessions[cid] = (session, handler)
+        self._sessions[key] = (session, handler)
         await handler._send_packet(ConnackPacket.build(0, CONNECTION_ACCEPTED))
         log.info("%sconnected %s from %s (%s)", self.label, cid, peer, how)
         self.hub.connected(handler)
@@ -392,8 +394,8 @@ class HubBroker(Broker):
             await handler.wait_disconnect()
         finally:
             await handler.stop()
-            if self._sessions.get(cid, (None, None))[1] is handler:
-                del self._sessions[cid]
+            if self._sessions.get(key, (None, None))[1] is handler:
+                del self._sessions[key]
             self.hub.disconnected(handler)
             log.info("%sdisconnected %s", self.label, cid)
 

@@ -35,7 +35,7 @@ from cryptography import x509
 
 from upyhub import sas
 from upyhub.errors import UsageError
-from upyhub.hub import HubError, pki as pki_mod, registry as reg_mod
+from upyhub.hub import HubError, auth, pki as pki_mod, registry as reg_mod
 
 DEFAULT_PORT = 8884  # this hub's DPS port; Azure's (and the official SDK's) is 8883 on its own hostname
 API_VERSION = "2019-03-31"
@@ -349,7 +349,6 @@ class Attestation:
         raise DpsError(401, "the credential matches no %s enrollment group" % attestation)
 
     def _symmetric(self, id_scope, registration_id, password, now):
-        from upyhub.hub import auth
         try:
             token = auth.parse_token(password)
         except UsageError:

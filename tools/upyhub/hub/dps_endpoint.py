@@ -16,7 +16,8 @@ checked with each request; refusals come back on the response topic with DPS's s
   errors     $dps/registrations/res/{400|401|403|404|429}/?$rid={rid}  {"errorCode", "trackingId", "message",
                                                                         "timestampUtc"}
 The device is assigned (created in the hub's registry) when its register request is accepted; the
-operation it polls holds the result for OPERATION_TTL seconds. A connection counts against its address's
+operation it polls holds the result for OPERATION_TTL seconds. Connections of one registration id
+coexist (a CONNECT proves nothing yet, so it must not drop a device that is registering). A connection counts against its address's
 limit of connections not logged in (broker.Gate) until a request of it authenticates; more than
 REQUESTS_PER_WINDOW requests in WINDOW seconds are answered 429 with retry-after.
 """
@@ -58,6 +59,7 @@ class DpsBroker(broker.HubBroker):
     label = "DPS: "
     max_message = MAX_REQUEST
     hold_ticket = True  # released by the first request that authenticates
+    one_per_id = False  # a CONNECT is not authenticated yet: it must not drop a device registering
 
     def login(self, session, der, chain):
         if not session.client_id:
@@ -80,7 +82,6 @@ class DpsEngine:
         self.store = dps.Store(registry)
         self.attestation = dps.Attestation(self.store)
         self.hub_hostname = hub_hostname
-        self.connections = {}
         self.operations = collections.OrderedDict()  # operation id -> (registration id, registration row, time)
 
     @staticmethod
@@ -88,12 +89,10 @@ class DpsEngine:
         return engine.filter_under(flt, (BASE + "res/",))
 
     def connected(self, handler):
-        self.connections[handler.device_id] = handler
         handler.dps_requests = collections.deque()
 
     def disconnected(self, handler):
-        if self.connections.get(handler.device_id) is handler:
-            del self.connections[handler.device_id]
+        pass
 
     async def on_subscribed(self, handler):
         pass

@@ -46,7 +46,8 @@ def raise_open_files_limit():
     return hard
 
 
-def _listen(bind, port):
+def listen(bind, port):
+    """A bound, listening TCP socket (HubError, one line, when the port is busy or the address wrong)."""
     # IPPROTO_TCP: asyncio then sets TCP_NODELAY on every accepted connection (it skips proto-0 sockets)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -126,19 +127,19 @@ async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None,
         lock.acquire()
         for gen in pki.ensure_server_names():  # a data folder from before the DPS: add its hostname
             log.info("server certificate %d reissued by CA %d for %s", gen, gen, ", ".join(pki.server_names()))
-        listen = {"mqtt": (bind, port), "https": (bind, https_port), "dps": (dps_bind or bind, dps_port)}
-        await _serve(pki, hostname, registry, listen, ready, pending_per_address)
+        addresses = {"mqtt": (bind, port), "https": (bind, https_port), "dps": (dps_bind or bind, dps_port)}
+        await _serve(pki, hostname, registry, addresses, ready, pending_per_address)
     finally:
         lock.release()
         registry.close()
 
 
-def _listen_all(listen):
+def _listen_all(addresses):
     """Bind every port here, so a busy port is a clear error and port 0 is known before anything starts."""
     socks = {}
     try:
-        for name, (addr, port) in listen.items():
-            socks[name] = _listen(addr, port)
+        for name, (addr, port) in addresses.items():
+            socks[name] = listen(addr, port)
     except HubError:
         for s in socks.values():
             s.close()
@@ -160,7 +161,7 @@ async def _start_broker(cls, engine_, ctx, sock, pending_per_address, what):
     return mqtt
 
 
-async def _serve(pki, hostname, registry, listen, ready, pending_per_address):
+async def _serve(pki, hostname, registry, addresses, ready, pending_per_address):
     registry.reset_connections()
     hub = engine.Hub(registry, hostname)
     dps_engine = dps_endpoint.DpsEngine(registry, hostname)
@@ -170,7 +171,7 @@ async def _serve(pki, hostname, registry, listen, ready, pending_per_address):
     loop.set_exception_handler(_exception_handler)
     files_limit = raise_open_files_limit()
 
-    socks = _listen_all(listen)
+    socks = _listen_all(addresses)
     brokers = []
     try:
         brokers.append(await _start_broker(broker.HubBroker, hub, ctx, socks["mqtt"], pending_per_address,
@@ -190,7 +191,7 @@ async def _serve(pki, hostname, registry, listen, ready, pending_per_address):
     site = web.SockSite(runner, https_sock, ssl_context=ctx.https_listener, shutdown_timeout=STOP_GRACE)
     await site.start()
     ports = {"mqtt_port": mqtt.port(), "https_port": https_sock.getsockname()[1], "dps_port": dps_mqtt.port()}
-    bind, dps_bind = listen["mqtt"][0], listen["dps"][0]
+    bind, dps_bind = addresses["mqtt"][0], addresses["dps"][0]
     # whole or absent: tools poll for this file and read it as soon as it exists
     write_atomic(registry.data_dir / "serve.json",
                  json.dumps(dict(ports, hostname=hostname, host=bind, pid=os.getpid(), dps_host=dps_bind,

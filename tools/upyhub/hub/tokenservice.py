@@ -357,7 +357,7 @@ async def run(data_dir, registry_path, policy="device", bind="0.0.0.0", port=DEF
     svc = TokenService(hostname, policy, key, registry_path, ttl, nonce_ttl)
     pki = pki_mod.PKI(data_dir)
     ctx = tls.ServerTLS(pki)
-    sock = server._listen(bind, port)
+    sock = server.listen(bind, port)
     runner = web.AppRunner(make_app(svc), access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     await web.SockSite(runner, sock, ssl_context=ctx.https_listener, shutdown_timeout=0.5).start()
