@@ -61,3 +61,36 @@ def test_individual_enrollment_and_refusals(hub, sim_board, tmp_path):
                    capture_output=True)
     res = run(hub, sim_board.port, "--device-id", "solo-1", "--enroll", "--no-reset")
     assert res.returncode == 1 and "DPS refused the registration (403)" in res.stderr, res.stderr
+
+
+@pytest.mark.slow
+def test_a_batch_from_one_group_key_registers_with_distinct_keys(hub, tmp_path, start_sim_board):
+    group = dps.create_enrollment_group(hub.data_dir, "batch")
+    group_key = group["attestation"]["symmetricKey"]["primaryKey"]
+    (tmp_path / "group.key").write_text(group_key)
+    (tmp_path / "group.key").chmod(0o600)
+    boards = []
+    for i in range(3):
+        (tmp_path / ("board%d" % i)).mkdir()
+        boards.append(start_sim_board(tmp_path / ("board%d" % i)))
+    rows = tmp_path / "devices.csv"
+    rows.write_text("port,device_id\n" + "".join("%s,unit-%d\n" % (b.port, i) for i, b in enumerate(boards)))
+    res = subprocess.run([UPYHUB, "provision", "--batch", str(rows), "--board", "unix", "--dps", "--data",
+                          str(hub.data_dir), "--group-key-file", str(tmp_path / "group.key"), "--timeout", "60"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "3 of 3 boards provisioned" in res.stdout
+    keys = [json.loads((b.flash / "secrets.json").read_text())["device_key"] for b in boards]
+    assert len(set(keys)) == 3 and group_key not in keys
+    assert keys == [sas.derive_device_key(group_key, "unit-%d" % i) for i in range(3)]
+    # each board registers by itself after its reset and sends telemetry to its assigned device
+    for i in range(3):
+        wait_for(lambda: hub.service.telemetry(device="unit-%d" % i), timeout=120, interval=1)
+    assert sorted(r["registrationId"] for r in dps_registrations(hub)) == ["unit-0", "unit-1", "unit-2"]
+
+
+def dps_registrations(hub):
+    out = subprocess.run([UPYHUB, "hub", "dps", "registration", "list", "-o", "json", "--data", str(hub.data_dir)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
