@@ -63,12 +63,18 @@ def flash_for(hub, flash, device_id, secret, port):
     return flash
 
 
+def boot(hub, tmp_path, device, service, device_id, ttl):
+    """device_id on the hub (its keys stay there) and in the token service's registry, booted; -> (service,
+    flash, secret, device)."""
+    hub.add_device(device_id)
+    svc = service(ttl=ttl)
+    secret = tokenservice.add_device(tmp_path / "devices.csv", device_id)
+    flash = flash_for(hub, tmp_path / "flash", device_id, secret, svc.port)
+    return svc, flash, secret, device(flash)
+
+
 def test_a_device_with_no_hub_key_connects_and_renews(hub, tmp_path, device, service):  # noqa: F811
-    hub.add_device("ts-1")
-    svc = service(ttl=30)
-    secret = tokenservice.add_device(tmp_path / "devices.csv", "ts-1")
-    flash = flash_for(hub, tmp_path / "flash", "ts-1", secret, svc.port)
-    dev = device(flash)
+    svc, flash, secret, dev = boot(hub, tmp_path, device, service, "ts-1", 30)
     dev.wait_for(r"iothub: connected to %s as ts-1 \(token valid (\d+) s\)" % hub.hostname)
     wait_until(lambda: hub.service.telemetry("ts-1"), what="telemetry")
     dev.wait_for(r"iothub: renewing token before it expires", timeout=60)
@@ -80,11 +86,8 @@ def test_a_device_with_no_hub_key_connects_and_renews(hub, tmp_path, device, ser
 
 
 def test_revoked_device_gets_no_token_and_is_dropped_at_expiry(hub, tmp_path, device, service):  # noqa: F811
-    hub.add_device("ts-2")
-    svc = service(ttl=20)
+    svc, flash, secret, dev = boot(hub, tmp_path, device, service, "ts-2", 20)
     registry = tmp_path / "devices.csv"
-    secret = tokenservice.add_device(registry, "ts-2")
-    dev = device(flash_for(hub, tmp_path / "flash", "ts-2", secret, svc.port))
     dev.wait_for(r"iothub: connected to ")
     subprocess.run([sys.executable, "-m", "upyhub", "hub", "token-service", "device", "disable", "ts-2",
                     "--registry", str(registry)], check=True, capture_output=True, timeout=60)
@@ -97,11 +100,7 @@ def test_revoked_device_gets_no_token_and_is_dropped_at_expiry(hub, tmp_path, de
 
 
 def test_service_unreachable_keeps_the_current_token(hub, tmp_path, device, service):  # noqa: F811
-    hub.add_device("ts-3")
-    svc = service(ttl=120)
-    secret = tokenservice.add_device(tmp_path / "devices.csv", "ts-3")
-    flash = flash_for(hub, tmp_path / "flash", "ts-3", secret, svc.port)
-    dev = device(flash)
+    svc, flash, secret, dev = boot(hub, tmp_path, device, service, "ts-3", 120)
     dev.wait_for(r"iothub: connected to ")
     svc.stop()
     hub.restart()  # the device must connect again, while the token service is down

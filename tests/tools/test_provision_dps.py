@@ -17,12 +17,17 @@ def run(hub, *args, timeout=300):
                            "--timeout", "60"], capture_output=True, text=True, timeout=timeout)
 
 
+def group_key_file(hub, tmp_path, group_id):
+    """A symmetric-key enrollment group on the local DPS; its key in tmp_path/group.key (0600), as a factory keeps it."""
+    key = dps.create_enrollment_group(hub.data_dir, group_id)["attestation"]["symmetricKey"]["primaryKey"]
+    (tmp_path / "group.key").write_text(key)
+    (tmp_path / "group.key").chmod(0o600)
+    return key
+
+
 @pytest.mark.slow
 def test_group_key_stays_on_the_host_and_the_board_registers(hub, sim_board, tmp_path):
-    group = dps.create_enrollment_group(hub.data_dir, "factory")
-    group_key = group["attestation"]["symmetricKey"]["primaryKey"]
-    (tmp_path / "group.key").write_text(group_key)
-    (tmp_path / "group.key").chmod(0o600)
+    group_key = group_key_file(hub, tmp_path, "factory")
     res = run(hub, sim_board.port, "--device-id", "line-4", "--group-key-file", str(tmp_path / "group.key"))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("DPS assigns line-4 on %s" % hub.hostname), res.stdout
@@ -65,10 +70,7 @@ def test_individual_enrollment_and_refusals(hub, sim_board, tmp_path):
 
 @pytest.mark.slow
 def test_a_batch_from_one_group_key_registers_with_distinct_keys(hub, tmp_path, start_sim_board):
-    group = dps.create_enrollment_group(hub.data_dir, "batch")
-    group_key = group["attestation"]["symmetricKey"]["primaryKey"]
-    (tmp_path / "group.key").write_text(group_key)
-    (tmp_path / "group.key").chmod(0o600)
+    group_key = group_key_file(hub, tmp_path, "batch")
     boards = []
     for i in range(3):
         (tmp_path / ("board%d" % i)).mkdir()

@@ -219,6 +219,20 @@ def check_board(snap, board, port):
                          % (port, board, platform, machine or name))
 
 
+def _open_board(opts, say):
+    """(roots, board, firmware tree, snapshot) once the roots are ones a device accepts and the board is the
+    kind --board names; nothing is written yet."""
+    roots = opts.roots if opts.roots is not None else certs.azure_bundle()
+    if certs.device_verdict(roots):
+        raise UsageError("the root certificates would be refused by the device: %s" % certs.device_verdict(roots))
+    board = mpr.Board(opts.port, opts.timeout)
+    tree = device_tree(opts.board)
+    say("reading the board on %s" % opts.port)
+    snap = board.snapshot()
+    check_board(snap, opts.board, opts.port)
+    return roots, board, tree, snap
+
+
 def _keys(doc):
     sym = ((doc or {}).get("authentication") or {}).get("symmetricKey") or {}
     return sym.get("primaryKey"), sym.get("secondaryKey")
@@ -230,15 +244,8 @@ def provision(opts, say=print):
     if opts.group_key:
         sas.derive_device_key(opts.group_key, opts.device_id)  # checks the id is a registration id too
     hub = _Hub(opts)
-    roots = opts.roots if opts.roots is not None else certs.azure_bundle()
-    if certs.device_verdict(roots):
-        raise UsageError("the root certificates would be refused by the device: %s" % certs.device_verdict(roots))
     forbidden = [hub.policy_key, opts.hub_cs.strip()] + ([opts.group_key] if opts.group_key else [])
-    board = mpr.Board(opts.port, opts.timeout)
-    tree = device_tree(opts.board)
-    say("reading the board on %s" % opts.port)
-    snap = board.snapshot()
-    check_board(snap, opts.board, opts.port)
+    roots, board, tree, snap = _open_board(opts, say)
     files = snap["files"]
     changed = []
     summary = {"device_id": opts.device_id, "port": opts.port, "changed": changed, "hub": "unchanged"}
@@ -622,15 +629,8 @@ def provision_dps(opts, say=print):
     if not opts.group_key and not opts.enroll_data:
         raise UsageError("--dps needs the device's key: --group-key-file (a group enrollment's key, from which the "
                          "device's own is derived) or --enroll (an individual enrollment on the local DPS)")
-    roots = opts.roots if opts.roots is not None else certs.azure_bundle()
-    if certs.device_verdict(roots):
-        raise UsageError("the root certificates would be refused by the device: %s" % certs.device_verdict(roots))
     forbidden = [opts.group_key] if opts.group_key else []
-    board = mpr.Board(opts.port, opts.timeout)
-    tree = device_tree(opts.board)
-    say("reading the board on %s" % opts.port)
-    snap = board.snapshot()
-    check_board(snap, opts.board, opts.port)
+    roots, board, tree, snap = _open_board(opts, say)
     files = snap["files"]
     cfg_now = snap.get("config") or {}
     old = (cfg_now.get("dps") or {}).get("registration_id") if isinstance(cfg_now.get("dps"), dict) else \
