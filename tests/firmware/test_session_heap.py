@@ -17,6 +17,7 @@ needs). Nothing is added to the budget. Two memory models:
   with a little room, to catch growth.
 """
 import json
+import shutil
 import subprocess
 import time
 
@@ -24,7 +25,7 @@ import pytest
 
 from upyhub import sim
 
-from fwtools import ROOT
+from fwtools import ROOT, Device
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,13 @@ MODELS = {
     "esp32": ("80K", {"MP32_MBEDTLS_ALLOC": "libc"}),
     "rp2": (RP2_HEAP, {}),
 }
+
+# Frozen into the port (build/micropython-32-frozen, boards/unix/manifest.py: the list every board's
+# manifest freezes): the bytecode stays in flash, the board's files are boot.py and main.py. The smallest
+# heaps this session runs in, measured (`python -m upyhub.bench footprint`): 26 KB in the ESP32 model,
+# 56 KB in the RP2040 model (its 16.7 KB TLS record buffer in one piece among them). Held with a little room.
+MP32_FROZEN = ROOT / "build" / "micropython-32-frozen"
+FROZEN_HEAP = {"esp32": "28K", "rp2": "60K"}
 
 BOARD_LIKE = """
 import sys, gc, tls
@@ -57,6 +65,35 @@ def mp32():
     return MP32
 
 
+@pytest.fixture(scope="module")
+def frozen(mp32, tmp_path_factory):
+    """(the frozen port, the files a board with it holds: boot.py, main.py and an empty /lib)."""
+    if not MP32_FROZEN.exists():
+        pytest.fail("build/micropython-32-frozen is missing: run `make setup` (make test does it)")
+    tree = tmp_path_factory.mktemp("frozen-board")
+    (tree / "lib").mkdir()
+    for name in ("boot.py", "main.py"):
+        shutil.copyfile(ROOT / "firmware" / name, tree / name)
+    return MP32_FROZEN, tree
+
+
+@pytest.fixture
+def start_device(request, device, mp32):
+    """start_device(build, flash, heapsize): the firmware from .mpy in /lib (build/micropython-32) or frozen."""
+    started = []
+
+    def start(build, flash, heapsize):
+        if build == "mpy":
+            return device(flash, heapsize=heapsize, executable=mp32)
+        exe, tree = request.getfixturevalue("frozen")
+        started.append(Device(flash, tree, heapsize=heapsize, executable=exe))
+        return started[-1]
+
+    yield start
+    for d in started:
+        d.stop()
+
+
 def _seqs(hub):
     return [json.loads(m["body"])["seq"] for m in hub.service.telemetry("heap-1")]
 
@@ -68,16 +105,18 @@ def _wait(cond, dev, timeout=60):
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("build", ["mpy", "frozen"])
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_session_on_board_sized_heap(hub, tmp_path, device, mp32, monkeypatch, model):
+def test_session_on_board_sized_heap(hub, tmp_path, start_device, monkeypatch, model, build):
     heap, env = MODELS[model]
+    heap = heap if build == "mpy" else FROZEN_HEAP[model]
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     key = hub.add_device("heap-1")
     flash = tmp_path / "flash"
     sim.write_flash(flash, hostname=hub.hostname, device_id="heap-1", device_key=key, ca_pem=hub.ca_pem,
                     port=hub.mqtt_port, gateway=hub.host, telemetry_interval=1)
-    dev = device(flash, heapsize=heap, executable=mp32)
+    dev = start_device(build, flash, heap)
     dev.wait_for(r"iothub: connected to %s as heap-1" % hub.hostname)
     _wait(lambda: len(_seqs(hub)) >= 3, dev)  # QoS 1: each acknowledged before the next goes
     assert hub.service.invoke_method("heap-1", "ping", {"x": 1}, timeout=30)[0] == 200
