@@ -6,7 +6,9 @@ import json
 from iothub import sas
 from iothub.crypto import b64decode
 
-SECRET_KEYS = ("device_key", "wifi_password")
+SECRET_KEYS = ("device_key", "wifi_password", "token_secret")
+ASSIGNMENT = "dps.json"  # where the hub and device id DPS assigned are kept (iothub.dps writes it)
+DPS_ENDPOINT = "global.azure-devices-provisioning.net"
 DEFAULTS = {
     "port": 8883,
     "auth": "sas",
@@ -93,11 +95,18 @@ def check(cfg, secrets):
     full = dict(DEFAULTS)
     full.update(cfg)
     cfg = full
+    dps = cfg.get("dps")
     for name, fn in (("hostname", sas.check_hostname), ("device_id", sas.check_device_id)):
+        if dps is not None and cfg.get(name) is None:
+            continue  # DPS assigns them at the first boot
         try:
             fn(cfg.get(name))
         except ValueError as e:
             problems.append("config.json: %s: %s" % (name, e))
+    if dps is not None:
+        cfg.setdefault("hostname", None)
+        cfg.setdefault("device_id", None)
+        _dps(cfg, dps, problems)
     gw = cfg.get("gateway")
     if gw is not None and not _str(gw):
         problems.append("config.json: gateway must be a host name or address (or absent)")
@@ -134,8 +143,14 @@ def check(cfg, secrets):
     if wifi is not None and (not isinstance(wifi, dict) or not _str(wifi.get("ssid"))):
         problems.append("config.json: wifi must be an object with an ssid (or absent on wired/unix)")
     auth = cfg.get("auth")
-    if auth not in ("sas", "x509"):
-        problems.append("config.json: auth must be \"sas\" or \"x509\"")
+    if auth not in ("sas", "x509", "token-service"):
+        problems.append("config.json: auth must be \"sas\", \"x509\" or \"token-service\"")
+    if auth == "token-service":
+        ts = cfg.get("token_service")
+        if not isinstance(ts, dict) or not _str(ts.get("host")) or not isinstance(ts.get("port", 443), int):
+            problems.append("config.json: token_service must name the service's host (and port; auth is token-service)")
+        elif dps is not None:
+            problems.append("config.json: dps needs the device's own key or certificate (not auth token-service)")
     if auth == "x509":
         x = cfg.get("x509")
         if not isinstance(x, dict) or not _str(x.get("cert")) or not _str(x.get("key")):
@@ -144,7 +159,10 @@ def check(cfg, secrets):
         for k in secrets:
             if k not in SECRET_KEYS:
                 # Never print the value: it may be a policy key put there by mistake.
-                problems.append("secrets.json: unexpected entry %r (only device_key and wifi_password belong here)" % k)
+                problems.append("secrets.json: unexpected entry %r (only device_key, token_secret and wifi_password "
+                                "belong here)" % k)
+        if auth == "token-service":
+            _key(secrets, "token_secret", problems)
         if auth == "sas":
             key = secrets.get("device_key")
             if not _str(key):
@@ -164,6 +182,65 @@ def check(cfg, secrets):
     return cfg, secrets
 
 
+def _key(secrets, name, problems):
+    key = secrets.get(name)
+    if not _str(key):
+        problems.append("secrets.json: %s is missing" % name)
+        return
+    try:
+        if not 16 <= len(b64decode(key, name)) <= 64:
+            problems.append("secrets.json: %s must decode to 16..64 bytes" % name)
+    except ValueError as e:
+        problems.append("secrets.json: %s" % e)
+
+
+def _dps(cfg, dps, problems):
+    if not isinstance(dps, dict):
+        problems.append("config.json: dps must be an object with id_scope and registration_id")
+        return
+    if not _str(dps.get("id_scope")) or len(dps["id_scope"]) > 64:
+        problems.append("config.json: dps.id_scope must be the DPS ID scope (e.g. 0ne00000001)")
+    try:
+        sas.check_registration_id(dps.get("registration_id"))
+    except ValueError as e:
+        problems.append("config.json: dps.registration_id: %s" % e)
+    dps.setdefault("endpoint", DPS_ENDPOINT)
+    dps.setdefault("port", 8883)
+    try:
+        sas.check_hostname(dps["endpoint"])
+    except ValueError as e:
+        problems.append("config.json: dps.endpoint: %s" % e)
+    if isinstance(dps["port"], bool) or not isinstance(dps["port"], int) or not 0 < dps["port"] < 65536:
+        problems.append("config.json: dps.port must be a port number")
+    if dps.get("gateway") is not None and not _str(dps["gateway"]):
+        problems.append("config.json: dps.gateway must be a host name or address (or absent)")
+
+
+def assignment(root, dps):
+    # (hub, device id) DPS assigned to this registration, from flash; None when there is none or
+    # it is torn, altered or for another registration (the device then registers again).
+    import binascii
+    import hashlib
+    import os
+
+    path = root + "/" + ASSIGNMENT
+    try:
+        if os.stat(path)[6] > 1024:
+            return None
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+        if len(lines) != 3 or binascii.hexlify(hashlib.sha256(lines[0]).digest()) != lines[1]:
+            return None
+        a = json.loads(lines[0])
+        if a.get("id_scope") != dps.get("id_scope") or a.get("registration_id") != dps.get("registration_id"):
+            return None
+        sas.check_hostname(a.get("hub"))
+        sas.check_device_id(a.get("device_id"))
+        return a["hub"], a["device_id"]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
 def load(root):
     # root: the flash root ("/" on boards). Secrets are optional only for x509 devices.
     root = root.rstrip("/")
@@ -174,10 +251,14 @@ def load(root):
         open(root + "/secrets.json").close()
         secrets = _read(root + "/secrets.json", "secrets.json", problems, MAX_SECRETS)
     except OSError:
-        if cfg is not None and cfg.get("auth", "sas") == "sas":
+        if cfg is not None and cfg.get("auth", "sas") in ("sas", "token-service"):
             problems.append("secrets.json: missing (%s/secrets.json), the device key lives there" % root)
     if problems:
         raise ConfigError(problems)
+    if isinstance(cfg.get("dps"), dict):
+        a = assignment(root, cfg["dps"])
+        if a is not None:
+            cfg["hostname"], cfg["device_id"] = a
     cfg, secrets = check(cfg, secrets if secrets is not None else {})
     if cfg["outbox"] == "flash":
         room = _room(root, cfg["outbox_dir"])

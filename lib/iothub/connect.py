@@ -1,7 +1,8 @@
-# One connection attempt, top to bottom: network, credentials (a token minted on the chip, or the
-# X.509 files), the root set chosen before any socket exists, TLS + CONNECT through umqtt, and the
-# roots told the outcome once. Loaded only while connecting (with sas, mqtt and umqtt), then unloaded
-# by the session: none of this code is on the heap while the device is connected.
+# One connection attempt, top to bottom: network, clock, DPS registration (when the device has no
+# hub yet, or must register again), credentials (a token minted on the chip, one from the solution's
+# token service, or the X.509 files), the root set chosen before any socket exists, TLS + CONNECT
+# through umqtt, and the roots told the outcome once. Loaded only while connecting (with sas, mqtt
+# and umqtt), then unloaded by the session: none of this code is on the heap while connected.
 from iothub import clock, topics, transport, wire
 from iothub.transport import why
 
@@ -25,24 +26,10 @@ def _file(root, name):
         return f.read()
 
 
-def _credentials(cfg, key, root, set_clock, log):
-    # -> (password, expiry, cert, key). Never logged.
-    if cfg["auth"] == "x509":
-        x = cfg["x509"]
-        try:
-            return "", None, _file(root, x["cert"]), _file(root, x["key"])
-        except (OSError, ValueError) as e:
-            raise Failure("wait", "x509 certificate or key unusable on flash: %s" % why(e))
+def _clock(set_clock, log):
+    # Tokens need the time: an unset clock mints nothing (and NTP is asked again).
     try:
-        t = clock.require_set()
-        exp = t + cfg["token_ttl"]
-        from iothub import sas
-
-        try:
-            return sas.device_token(cfg["hostname"], cfg["device_id"], key, expiry=exp), exp, None, None
-        finally:  # needed once an hour: its ~4 KB of code are off the heap for the TLS handshake
-            sas = None
-            transport._unload("sas", "crypto")
+        return clock.require_set()
     except ValueError as e:
         if set_clock is not None:
             try:
@@ -52,15 +39,84 @@ def _credentials(cfg, key, root, set_clock, log):
         raise Failure("wait", "cannot mint a token: %s" % e)
 
 
-def dial(cfg, key, roots, root, net, set_clock, log):
+def _x509(cfg, root):
+    x = cfg["x509"]
+    try:
+        return _file(root, x["cert"]), _file(root, x["key"])
+    except (OSError, ValueError) as e:
+        raise Failure("wait", "x509 certificate or key unusable on flash: %s" % why(e))
+
+
+def _credentials(cfg, key, roots, now, state, log):
+    # -> (password, expiry, cert, key). Never logged.
+    if cfg["auth"] == "x509":
+        return ("", None) + _x509(cfg, state["root"])
+    if cfg["auth"] == "token-service":
+        from iothub import tokenclient
+
+        try:
+            tok = tokenclient.fetch(cfg, key, _active(roots), log)
+            state["token"] = tok
+        except Failure as f:
+            tok = state.get("token")
+            if tok is None or tok[1] - now < 30:
+                raise
+            log("%s: connecting with the current token (valid %d s more)" % (f, tok[1] - now))
+        finally:
+            tokenclient = None
+            transport._unload("tokenclient")
+        return tok[0], tok[1], None, None
+    exp = now + cfg["token_ttl"]
+    from iothub import sas
+
+    try:
+        return sas.device_token(cfg["hostname"], cfg["device_id"], key, expiry=exp), exp, None, None
+    except ValueError as e:
+        raise Failure("wait", "cannot mint a token: %s" % e)
+    finally:  # needed once an hour: its ~4 KB of code are off the heap for the TLS handshake
+        sas = None
+        transport._unload("sas", "crypto")
+
+
+def _active(roots):
+    # The active root set's bytes (for HTTPS to the token service: its certificate chains to them too).
+    data = roots.active_data()
+    if data is None:
+        data = roots.use(lambda s: s._data("active"))
+    if data is None:
+        raise Failure("wait", "no valid root certificates on flash")
+    return data
+
+
+def _register(cfg, key, roots, state, log):
+    # DPS: the hub and device id for this registration (saved on flash), before the hub is dialled.
+    cert = ckey = None
+    if cfg["auth"] == "x509":
+        cert, ckey = _x509(cfg, state["root"])
+    from iothub import dps
+
+    try:
+        cfg["hostname"], cfg["device_id"] = dps.register(cfg, key, roots, state["root"], cert, ckey, log)
+    finally:
+        dps = None
+        transport._unload("dps", "config")
+    state["reprovision"] = False
+
+
+def dial(cfg, key, roots, state, net, set_clock, log):
     # -> (wire.Conn, token expiry or None for X.509, SUBSCRIBE packet id). Raises Failure.
+    # state: what the session keeps between attempts ("root" of the flash, the token service's last
+    # token, "reprovision" to register with DPS again).
     if net is not None:
         try:
             net()
         except Exception as e:
             raise Failure("wait", "network unavailable: %s" % getattr(e, "reason", why(e)))
+    now = _clock(set_clock, log) if cfg["auth"] != "x509" else None
     try:
-        password, expiry, cert, ckey = _credentials(cfg, key, root, set_clock, log)
+        if cfg.get("dps") and (not cfg.get("hostname") or state.get("reprovision")):
+            _register(cfg, key, roots, state, log)
+        password, expiry, cert, ckey = _credentials(cfg, key, roots, now, state, log)
         att = roots.attempt()  # the root set is chosen here, before any socket exists
     except MemoryError:
         raise Failure("memory", "not enough memory to prepare the connection")

@@ -276,7 +276,17 @@ class Outbox:
                     return None  # appends to this segment or a new one are found from here
                 self._cur = [later[0][0], later[0][2]]
                 continue
-            r = self._read_at(self._reader(n), pos, seg[1])
+            try:
+                r = self._read_at(self._reader(n), pos, seg[1])
+            except OSError as e:  # the segment cannot be read any more: its messages are lost, the rest go on
+                self.log("outbox: segment %d unreadable (%s): %d message(s) lost" % (n, e, seg[3]))
+                self.depth -= seg[3]
+                self.dropped += seg[3]
+                self._drop_reader(n)
+                if seg is self._segs[-1]:
+                    self._seal()
+                self._segs.remove(seg)
+                continue
             if r is None:  # damaged since the scan: resynchronise byte by byte
                 self._cur[1] = pos + 1
                 continue
@@ -285,7 +295,8 @@ class Outbox:
             if kind != DATA or pos < seg[2]:
                 continue
             tlen = payload[0] << 8 | payload[1]
-            return (n, pos, end), payload[2:2 + tlen], payload[2 + tlen:]
+            mv = memoryview(payload)  # topic and body without copies
+            return (n, pos, end), mv[2:2 + tlen], mv[2 + tlen:]
         return None
 
     def _reader(self, n):

@@ -48,6 +48,7 @@ _REFUSED = {1: "protocol version", 2: "client id rejected", 3: "server unavailab
             4: "bad user name or password", 5: "not authorized"}
 DAY_MS = 86400 * 1000
 _HEALTH_EVERY_MS = 60000  # inboundDropped is reported at most this often
+_REREGISTER_AFTER = 3  # CONNACK 5 in a row before a DPS device registers again
 
 
 def _log(msg):
@@ -70,9 +71,9 @@ class Session:
         # (raises when it cannot); network_ok() says whether it is up; set_clock() sets the
         # clock (NTP); reset() restarts the board.
         self.cfg = cfg
-        self.device_id = cfg["device_id"]
-        self.hostname = cfg["hostname"]
-        self._key = secrets.get("device_key") if secrets else None
+        self.device_id = cfg.get("device_id")  # None until DPS assigns one (cfg["dps"])
+        self.hostname = cfg.get("hostname")
+        self._key = (secrets or {}).get("token_secret" if cfg["auth"] == "token-service" else "device_key")
         self.root = root.rstrip("/")
         self.log = log
         self.net = net
@@ -115,8 +116,8 @@ class Session:
         self._boot = binascii.hexlify(os.urandom(4)).decode()  # $.mid = <boot>-<n>: unique across resets
         self._mid = 0
         self._c = None
-        ttl = cfg["token_ttl"]
-        self._margin = min(120, max(2, ttl // 5))
+        self._state = {"root": self.root}  # kept between connection attempts (iothub.connect)
+        self._refusals = 0
         self._backoff = Backoff(1000, cfg["retry_cap"] * 1000)
         self._next_try = time.ticks_ms()
         self._renew_at = None
@@ -140,7 +141,7 @@ class Session:
         # The TLS context gets the roots now rather than at the first handshake: where mbed TLS parses
         # them on the Python heap (rp2), the room for the session's buffers is then taken while the
         # heap is still in one piece (transport). X.509 devices add their certificate at connect.
-        data = self.roots.active_data() if self.cfg["auth"] == "sas" else None
+        data = self.roots.active_data() if self.cfg["auth"] != "x509" else None
         if data is None:
             return
         from iothub import handshake
@@ -162,7 +163,7 @@ class Session:
             body = json.dumps(body)
         self._mid += 1
         mid = "%s-%d" % (self._boot, self._mid)
-        self.outbox.append(topics.telemetry(self.device_id, properties, content_type, encoding, mid), body)
+        self.outbox.append(topics.telemetry_bag(properties, content_type, encoding, mid), body)
         return mid
 
     def report(self, patch):
@@ -237,7 +238,7 @@ class Session:
         from iothub import connect  # loaded only to connect (with sas, TLS and umqtt)
 
         try:
-            c, expiry, self._sub_pid = connect.dial(self.cfg, self._key, self.roots, self.root, self.net,
+            c, expiry, self._sub_pid = connect.dial(self.cfg, self._key, self.roots, self._state, self.net,
                                                     self.set_clock, self.log)
         except connect.Failure as f:
             if f.kind == "memory":
@@ -255,6 +256,9 @@ class Session:
             connect = None
             transport._unload("connect")
         self._c = c
+        self.hostname, self.device_id = self.cfg["hostname"], self.cfg["device_id"]  # (DPS may have assigned them)
+        self._refusals = 0
+        self._events = topics.events(self.device_id).encode()
         self.connected = True
         self.refused = None
         self.connects += 1
@@ -273,8 +277,9 @@ class Session:
             self._renew_at = None  # certificates are not renewed by reconnecting
             self.log("connected to %s as %s (x509)" % (self.hostname, self.device_id))
         else:
-            self._renew_at = expiry - self._margin
-            self.log("connected to %s as %s (token valid %d s)" % (self.hostname, self.device_id, expiry - clock.now()))
+            left = expiry - clock.now()  # (a token service decides how long its tokens last)
+            self._renew_at = expiry - min(120, max(2, left // 5))
+            self.log("connected to %s as %s (token valid %d s)" % (self.hostname, self.device_id, left))
 
     def _refused(self, code, sas):
         if code in (4, 5):
@@ -282,6 +287,14 @@ class Session:
                 self.log("CONNECT refused by the hub: %s (CONNACK %d); retrying every %d s"
                          % (_REFUSED[code], code, self.cfg["refused_retry"]))
             self.refused = code
+            self._refusals += 1
+            if self.cfg.get("dps") and self._refusals >= _REREGISTER_AFTER:
+                # deleted from the hub, or moved to another: ask DPS again (with the usual backoff)
+                self.log("the hub refused this device %d times in a row: registering with DPS again" % self._refusals)
+                self._state["reprovision"] = True
+                self._refusals = 0
+                self._retry()
+                return
             if self.set_clock is not None and sas:
                 try:  # a drifted clock makes tokens the hub calls expired: re-read the time
                     self.set_clock()
@@ -375,7 +388,7 @@ class Session:
                 m = self.outbox.next()
                 if m is None:
                     return
-                ref, topic, body = m
+                ref, topic, body = m[0], self._events + m[1], m[2]  # the outbox keeps the bag only
             pid = c.next_pid()
             c.publish(topic, body, 1, pid, dup=self._dup > 0)
             if self._dup:
@@ -510,6 +523,13 @@ class Session:
         if name == "updateRootCerts":  # the library's own: root rotation over the air
             status, out = self.roots.update(payload)
             self.report('{"rootCerts":' + self.roots.report() + "}")
+        elif name == "reprovision" and self.cfg.get("dps"):  # the library's own: ask DPS again
+            self._answer(200, {"status": "reprovisioning", "registrationId": self.cfg["dps"]["registration_id"]}, rid)
+            self.log("reprovision asked by the cloud: registering with DPS again")
+            self._state["reprovision"] = True
+            self._close(True)
+            self._next_try = time.ticks_ms()
+            return
         elif self.on_method is None:
             status, out = 404, {"error": "no method " + name}
         else:

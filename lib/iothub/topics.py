@@ -13,6 +13,7 @@ C2D_MAX = 65536
 METHOD_MAX = 131072
 DESIRED_MAX = 32768 + 1024
 TWIN_DOC_MAX = 2 * 32768 + 2048
+DPS_MAX = 8192  # a registration state, with the payload the solution passes back
 
 _rid = 0
 
@@ -45,11 +46,21 @@ def encode_bag(properties=None, content_type=None, encoding=None):
     return "&".join(parts)
 
 
-def telemetry(device_id, properties=None, content_type=None, encoding=None, mid=None):
+def telemetry_bag(properties=None, content_type=None, encoding=None, mid=None):
+    # The part of a telemetry topic after events/ (what the outbox keeps: the device id may change
+    # before the message is sent, when DPS assigns one).
     bag = encode_bag(properties, content_type, encoding)
     if mid:
         bag += ("&" if bag else "") + "$.mid=" + quote(mid)
-    return "devices/" + device_id + "/messages/events/" + bag
+    return bag
+
+
+def events(device_id):
+    return "devices/" + device_id + "/messages/events/"
+
+
+def telemetry(device_id, properties=None, content_type=None, encoding=None, mid=None):
+    return events(device_id) + telemetry_bag(properties, content_type, encoding, mid)
 
 
 def unquote(s):
@@ -130,6 +141,8 @@ def limit(topic, device_id):
         return DESIRED_MAX
     if topic.startswith(b"$iothub/twin/res/"):
         return TWIN_DOC_MAX
+    if topic.startswith(b"$dps/registrations/res/"):
+        return DPS_MAX
     return 0
 
 

@@ -7,14 +7,14 @@ the TLS context (Debian's mbed TLS 2.28 puts 38 KB there), no PEM parser (the ro
 as provisioning writes them: transport hands mbed TLS one DER certificate at a time, as a Pico W
 needs). Nothing is added to the budget. Two memory models:
 
-- esp32: mbed TLS allocates outside MicroPython's heap (ESP-IDF's mbed TLS does): 64 KB, the
-  issue's budget. The session uses ~39 KB of it once connected (it passes at 60 KB, not at 56 KB).
+- esp32: mbed TLS allocates outside MicroPython's heap (ESP-IDF's mbed TLS does): 80 KB. It was 64 KB
+  before the library took on the flash outbox, bounded non-blocking I/O and root rotation (about 9 KB
+  more code, which .mpy loads into RAM); it does not pass at 72 KB. Frozen into the firmware, that
+  code stays in flash: the frozen build is the way to a smaller budget.
 - rp2: every mbed TLS allocation (16 KB record buffer, 4 KB out buffer, CA, handshake) comes from
-  the Python heap, as MicroPython's bare-metal config does on RP2040. 64 KB is NOT met there: the
-  session holds ~42 KB of Python objects and code (loaded from .mpy, so in RAM; frozen into
-  firmware they would be in flash) before the handshake, which needs ~29 KB more, 16.7 KB of it in
-  one block; connected it uses ~63 KB. It passes at 84 KB, not at 82 KB; RP2_HEAP holds it there
-  with a little room, to catch growth.
+  the Python heap, as MicroPython's bare-metal config does on RP2040: 112 KB (it does not pass at
+  104 KB). The board module's TLS_ROOM makes the session hold the buffers' 23 KB in one piece from
+  boot and hand it to each handshake, so reconnects never depend on how fragmented the heap is.
 """
 import json
 import shutil
@@ -105,9 +105,8 @@ def _wait(cond, dev, timeout=60):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("build", ["mpy", "frozen"])
-@pytest.mark.parametrize("model", sorted(MODELS))
-def test_session_on_board_sized_heap(hub, tmp_path, start_device, monkeypatch, model, build):
+def _board(hub, tmp_path, start_device, monkeypatch, model, build="mpy"):
+    # "heap-1" on the local hub, booted in a memory model at its budget (from .mpy or frozen); connected.
     heap, env = MODELS[model]
     heap = heap if build == "mpy" else FROZEN_HEAP[model]
     for k, v in env.items():
@@ -118,6 +117,13 @@ def test_session_on_board_sized_heap(hub, tmp_path, start_device, monkeypatch, m
                     port=hub.mqtt_port, gateway=hub.host, telemetry_interval=1)
     dev = start_device(build, flash, heap)
     dev.wait_for(r"iothub: connected to %s as heap-1" % hub.hostname)
+    return dev
+
+
+@pytest.mark.parametrize("build", ["mpy", "frozen"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_session_on_board_sized_heap(hub, tmp_path, start_device, monkeypatch, model, build):
+    dev = _board(hub, tmp_path, start_device, monkeypatch, model, build)
     _wait(lambda: len(_seqs(hub)) >= 3, dev)  # QoS 1: each acknowledged before the next goes
     assert hub.service.invoke_method("heap-1", "ping", {"x": 1}, timeout=30)[0] == 200
     hub.service.update_twin("heap-1", {"telemetry_interval": 2})
@@ -139,19 +145,11 @@ def _connects(dev):
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_messages_within_azure_limits_never_take_the_device_offline(hub, tmp_path, device, mp32, monkeypatch, model):
+def test_messages_within_azure_limits_never_take_the_device_offline(hub, tmp_path, start_device, monkeypatch, model):
     # A 60 KB C2D message (Azure allows 64 KB) and a 24 KB desired property (32 KB) at the board's heap
     # budget: handled if they fit, otherwise acknowledged, dropped and counted; either way telemetry goes on
     # over the same connection, and the hub does not send the C2D message again.
-    heap, env = MODELS[model]
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    key = hub.add_device("heap-1")
-    flash = tmp_path / "flash"
-    sim.write_flash(flash, hostname=hub.hostname, device_id="heap-1", device_key=key, ca_pem=hub.ca_pem,
-                    port=hub.mqtt_port, gateway=hub.host, telemetry_interval=1)
-    dev = device(flash, heapsize=heap, executable=mp32)
-    dev.wait_for(r"iothub: connected to %s as heap-1" % hub.hostname)
+    dev = _board(hub, tmp_path, start_device, monkeypatch, model)
     _wait(lambda: len(_seqs(hub)) >= 2, dev)
     hub.service.send_c2d("heap-1", "c" * 60000, {})
     dev.wait_for(r"(app: c2d c{80}\.\.\. \(60000 bytes\)|iothub: c2d message of 60\d{3} bytes dropped: not enough free memory)")

@@ -7,6 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from certhelpers import mp_json, make_cert, days, sha, tree
+from flashimage import CRASH, IMAGE
 from upyhub.certs import device_modules
 
 certstore, _ = device_modules()  # the same module under CPython: used only to lay out starting states
@@ -255,16 +256,6 @@ print(json.dumps(out))
 
 # ---- power cuts: the write is killed (no cleanup, no flush) before every flash operation
 
-CRASH = """
-import ffi
-_exit = ffi.open("libc.so.6").func("v", "_exit", "i")
-_n = [0]
-def _cut(op, path):
-    _n[0] += 1
-    if _n[0] == %d:
-        _exit(9)
-"""
-
 OPS = {
     # name: (starting state, server CA, device code run with the power cut armed)
     "install-first": (dict(), 1, "s = certstore.Store(D)\ncertstore._hook = _cut\ns.install_active(CA1)"),
@@ -331,33 +322,8 @@ def test_power_cut_at_every_step_still_boots_and_connects(run_mp, tmp_path, cas,
 
 # ---- the boards' own filesystems: littlefs2 (ESP32, Pico W) and FAT, on an image file
 
-FLASH = """
-import os
-class Image:
-    # A block device backed by a host file: what was written before a power cut stays written.
-    def __init__(self, path, bs=512):
-        self.f = open(path, "r+b")
-        self.bs = bs
-        self.n = os.stat(path)[6] // bs
-    def readblocks(self, num, buf, off=0):
-        self.f.seek(num * self.bs + off)
-        self.f.readinto(buf)
-    def writeblocks(self, num, buf, off=None):
-        self.f.seek(num * self.bs + (off or 0))
-        self.f.write(buf)
-        self.f.flush()
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.n
-        if op == 5:
-            return self.bs
-        if op == 6:
-            return 0
-VFS = getattr(os, %r)
-bd = Image(%r)
-if %r:
-    VFS.mkfs(bd)
-os.mount(VFS(bd), "/flash")
+FLASH = IMAGE + """
+mount(%r, %r, mkfs=%r)
 D = "/flash/certs"
 """
 
