@@ -2,12 +2,11 @@
 as an ESP32 or Pico W image is built with theirs."""
 import json
 import pathlib
-import shutil
 import subprocess
 
 import pytest
 
-from upyhub import build, paths, sim
+from upyhub import build, sim
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FROZEN = ROOT / "build" / "micropython-32-frozen"
@@ -52,10 +51,7 @@ def test_frozen_modules_come_before_lib_and_files_on_the_path_before_both(frozen
     # As on a board: a frozen module wins over the same one in /lib (a stale board.mpy there changes
     # nothing), boot.py and main.py run from files, and code put first on the path (a user's own app)
     # wins over the frozen sample app.
-    tree = tmp_path / "tree"
-    (tree / "lib").mkdir(parents=True)
-    for name in ("boot.py", "main.py"):
-        shutil.copyfile(paths.FIRMWARE / name, tree / name)
+    tree = build.frozen_tree(tmp_path / "tree")
     (tree / "lib" / "board.py").write_text("raise ImportError('the /lib copy was imported')\n")
     (tmp_path / "own").mkdir()
     (tmp_path / "own" / "app.py").write_text(APP)

@@ -200,6 +200,16 @@ def build(board, out, quiet=False):
     return count
 
 
+def frozen_tree(out):
+    """The files a board whose firmware has the device package frozen in holds: boot.py and main.py (they
+    stay files, as boards/manifest_common.py says) and an empty lib/. Returns out."""
+    out = pathlib.Path(out)
+    (out / "lib").mkdir(parents=True, exist_ok=True)
+    for name in SOURCE_ONLY:
+        shutil.copyfile(paths.FIRMWARE / name, out / name)
+    return out
+
+
 def mip_index(out):
     """A mip package index in folder `out` holding umqtt.simple (from build/umqtt), as .py and as .mpy.
 
