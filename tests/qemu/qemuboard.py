@@ -11,62 +11,34 @@ import select
 import subprocess
 import time
 
+from upyhub.bench._blockdev import RAM_FLASH
+from upyhub.mpr import WALK
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ELF = ROOT / "build" / "qemu" / "firmware.elf"
 UNAVAILABLE = ROOT / "build" / "qemu" / "UNAVAILABLE"
 STANDINS = pathlib.Path(__file__).resolve().parent / "standins"
 CHUNK = 12288  # bytes of a file per raw-REPL command
 
-# The RAM disk: 512-byte blocks (as tests/flashimage.py's image) in one bytearray, mounted at /.
-RAMDISK = """
+# The RAM disk: littlefs on 512-byte blocks (as tests/flashimage.py's image) in the heap, mounted at /.
+RAMDISK = RAM_FLASH + """
 import gc, os, sys, vfs
-class RAMDisk:
-    def __init__(self, blocks, bs=512):
-        self.bs, self.n = bs, blocks
-        self.mem = memoryview(bytearray(blocks * bs))
-    def readblocks(self, num, buf, off=0):
-        a = num * self.bs + off
-        buf[:] = self.mem[a:a + len(buf)]
-    def writeblocks(self, num, buf, off=None):
-        a = num * self.bs + (off or 0)
-        self.mem[a:a + len(buf)] = buf
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.n
-        if op == 5:
-            return self.bs
-        if op == 6:
-            return 0
-_disk = RAMDisk(%d)
+_disk = RAMFlash(%d, 512)
 vfs.VfsLfs2.mkfs(_disk)
 vfs.mount(vfs.VfsLfs2(_disk), "/")
 os.mkdir("/lib")
 sys.path.append("/lib")
 """
 
-LIST = """
-import os, json, hashlib, binascii
-def _walk(d, out):
-    for name, kind, *_ in os.ilistdir(d):
-        p = d + "/" + name
-        if kind == 0x4000:
-            out["dirs"].append(p)
-            _walk(p, out)
-        else:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                while True:
-                    b = f.read(512)
-                    if not b:
-                        break
-                    h.update(b)
-            out["files"][p] = binascii.hexlify(h.digest()).decode()
-_out = {"dirs": [], "files": {}}
+# Every file below a folder with its SHA-256 (upyhub.mpr's board-side walk), folders ending in "/".
+LIST = WALK + """
+import json
+_all = []
 try:
-    _walk(%r, _out)
+    _walk(%r, _all)
 except OSError:
-    _out = None
-print(json.dumps(_out))
+    _all = None
+print(json.dumps(None if _all is None else {p: "" if p.endswith("/") else _h(p) for p in _all}))
 """
 
 
@@ -165,17 +137,19 @@ class QemuBoard:
         seen = json.loads(self.run(LIST % str(folder)).strip().splitlines()[-1])
         if seen is None:
             return
-        for d in seen["dirs"]:
-            pathlib.Path(d).mkdir(parents=True, exist_ok=True)
-        for p, digest in seen["files"].items():
+        for p, digest in sorted(seen.items()):
             host = pathlib.Path(p)
-            if not host.is_file() or hashlib.sha256(host.read_bytes()).hexdigest() != digest:
+            if p.endswith("/"):
+                host.mkdir(parents=True, exist_ok=True)
+            elif not host.is_file() or hashlib.sha256(host.read_bytes()).hexdigest() != digest:
                 host.write_bytes(self.get(p))
         for p in sorted(folder.rglob("*"), reverse=True):
-            if p.is_file() and not p.is_symlink() and str(p) not in seen["files"]:
-                p.unlink()
-            elif p.is_dir() and not p.is_symlink() and str(p) not in seen["dirs"]:
+            if p.is_symlink() or (str(p) + "/" if p.is_dir() else str(p)) in seen:
+                continue
+            if p.is_dir():
                 p.rmdir()
+            else:
+                p.unlink()
 
     def close(self):
         if self.proc.poll() is None:
