@@ -6,12 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 MP := build/micropython
 MP32 := build/micropython-32
+MP32_FROZEN := build/micropython-32-frozen.stamp
+QEMU := build/qemu/.stamp
 UMQTT := build/umqtt/umqtt/simple.py
 MPY_STAMP := build/mpy/.stamp
 DEVICE_SRC := $(shell find lib firmware boards -name '*.py' 2>/dev/null)
 
 .PHONY: setup test demo bench clean distclean
-setup: $(BIN)/.stamp $(MP) $(MP32) $(UMQTT) $(MPY_STAMP)
+setup: $(BIN)/.stamp $(MP) $(MP32) $(UMQTT) $(MPY_STAMP) $(MP32_FROZEN) $(QEMU)
 
 $(BIN)/.stamp: pyproject.toml tools/setup/venv.sh
 	bash tools/setup/venv.sh
@@ -25,6 +27,18 @@ $(MP): tools/setup/micropython.sh
 $(MP32): tools/setup/micropython32.sh | $(MP)
 	bash tools/setup/micropython32.sh
 	@test -x $(MP32)
+
+# The same port with the device package, umqtt.simple and the unix board module frozen in
+# (boards/unix/manifest.py): build/micropython-32-frozen. Frozen again when a device source changes.
+$(MP32_FROZEN): tools/setup/micropython32.sh $(UMQTT) $(DEVICE_SRC) | $(MP32)
+	bash tools/setup/micropython32.sh frozen
+	@test -x build/micropython-32-frozen
+	touch $@
+
+# MicroPython's bare-metal qemu port (Cortex-M3) with the same modules frozen: tests/qemu runs on it.
+$(QEMU): tools/setup/qemu.sh tests/qemu/manifest.py $(UMQTT) $(DEVICE_SRC) | $(MP32)
+	bash tools/setup/qemu.sh
+	touch $@
 
 $(UMQTT): tools/setup/umqtt.py
 	$(PY) tools/setup/umqtt.py

@@ -6,13 +6,14 @@ from iothub.crypto import hmac_sha256, b64decode, b64encode
 from iothub.quote import quote
 
 MAX_ID = 128
-# Device ids: ASCII letters, digits and these (IoT Hub's documented set).
-_ID_EXTRA = "-.+%_#*?!(),:=@$'"
 _MAX_SE = 0xFFFFFFFF
-
-
-def _alnum(ch):
-    return ("a" <= ch <= "z") or ("A" <= ch <= "Z") or ("0" <= ch <= "9")
+# Character checks run in C: s.strip(chars) is empty exactly when every character of s is in chars.
+# strip() tries the chars in order, so the commonest come first.
+# Device ids: ASCII letters, digits and "-.+%_#*?!(),:=@$'" (IoT Hub's documented set).
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-._ABCDEFGHIJKLMNOPQRSTUVWXYZ+%#*?!(),:=@$'"
+_HOST_CHARS = "abcdefghijklmnopqrstuvwxyz.-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# What quote() leaves as it is, and "/" (escaped by _quote with str.replace).
+_URI_CHARS = "abcdefghijklmnopqrstuvwxyz./-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_~"
 
 
 def check_device_id(device_id):
@@ -20,9 +21,10 @@ def check_device_id(device_id):
         raise ValueError("device id is empty")
     if len(device_id) > MAX_ID:
         raise ValueError("device id is longer than %d characters" % MAX_ID)
-    for ch in device_id:
-        if not (_alnum(ch) or ch in _ID_EXTRA):
-            raise ValueError("device id has a character IoT Hub does not allow: %r" % ch)
+    if device_id.strip(_ID_CHARS):
+        for ch in device_id:  # name the first one (only on the way to refusing)
+            if ch not in _ID_CHARS:
+                raise ValueError("device id has a character IoT Hub does not allow: %r" % ch)
     return device_id
 
 
@@ -31,12 +33,10 @@ def check_hostname(hostname):
         raise ValueError("hub hostname is empty")
     if len(hostname) > 253:
         raise ValueError("hub hostname is longer than 253 characters")
-    for label in hostname.split("."):
-        if not label or label[0] == "-" or label[-1] == "-":
-            raise ValueError("hub hostname is not a DNS name: %r" % hostname)
-        for ch in label:
-            if not (_alnum(ch) or ch == "-"):
-                raise ValueError("hub hostname is not a DNS name: %r" % hostname)
+    # labels of letters, digits and "-", none empty, none starting or ending with "-"
+    if (hostname.strip(_HOST_CHARS) or hostname[0] in "-." or hostname[-1] in "-." or ".." in hostname
+            or ".-" in hostname or "-." in hostname):
+        raise ValueError("hub hostname is not a DNS name: %r" % hostname)
     return hostname
 
 
@@ -66,6 +66,14 @@ def _key(key_b64):
     return key
 
 
+def _quote(s):
+    # quote(s), in C when s has nothing to escape but "/": a checked hostname with a device id of
+    # letters, digits and "-._".
+    if s.strip(_URI_CHARS):
+        return quote(s)
+    return s.replace("/", "%2F")
+
+
 def token(resource_uri, key_b64, expiry, policy=None):
     # Pure: no clock. The token for any resource URI and absolute expiry.
     if not isinstance(resource_uri, str) or not resource_uri:
@@ -74,9 +82,10 @@ def token(resource_uri, key_b64, expiry, policy=None):
     if policy is not None and (not isinstance(policy, str) or not policy):
         raise ValueError("policy name is empty")
     key = _key(key_b64)
-    sr = quote(resource_uri)
-    sig = quote(b64encode(hmac_sha256(key, (sr + "\n" + str(expiry)).encode())))
-    tok = "SharedAccessSignature sr=" + sr + "&sig=" + sig + "&se=" + str(expiry)
+    sr = _quote(resource_uri)
+    sig = b64encode(hmac_sha256(key, ("%s\n%d" % (sr, expiry)).encode()))
+    sig = sig.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")  # quote() of base64
+    tok = "SharedAccessSignature sr=%s&sig=%s&se=%d" % (sr, sig, expiry)
     if policy is not None:
         tok += "&skn=" + quote(policy)
     return tok

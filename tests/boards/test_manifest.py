@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 UPYHUB = str(pathlib.Path(sys.executable).parent / "upyhub")
 
 
-@pytest.mark.parametrize("board", ["esp32", "rp2_pico_w"])
+@pytest.mark.parametrize("board", ["esp32", "rp2_pico_w", "unix"])
 def test_manifest_freezes_the_device_tree(board):
     files = {p.relative_to(ROOT).as_posix() for p in build.manifest_files(board)}
     assert "boards/%s/board.py" % board in files
@@ -22,7 +22,7 @@ def test_manifest_freezes_the_device_tree(board):
     assert "firmware/main.py" not in files and "firmware/boot.py" not in files
 
 
-@pytest.mark.parametrize("board", ["esp32", "rp2_pico_w"])
+@pytest.mark.parametrize("board", ["esp32", "rp2_pico_w", "unix"])
 def test_build_checks_the_manifest(board, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([UPYHUB, "build", "--board", board, "--out", str(out)], capture_output=True, text=True,

@@ -22,9 +22,9 @@ import time
 
 import pytest
 
-from upyhub import sim
+from upyhub import build, sim
 
-from fwtools import ROOT
+from fwtools import ROOT, Device
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +34,14 @@ MODELS = {
     "esp32": ("80K", {"MP32_MBEDTLS_ALLOC": "libc"}),
     "rp2": (RP2_HEAP, {}),
 }
+
+# Frozen into the port (build/micropython-32-frozen, boards/unix/manifest.py: the list every board's
+# manifest freezes): the bytecode stays in flash, the board's files are boot.py and main.py. The smallest
+# heaps this session runs in, measured (`python -m upyhub.bench footprint`, several searches): 26-27 KB in
+# the ESP32 model, 56-61 KB in the RP2040 model (the TLS record buffer's 16.7 KB in one piece among
+# them; how fragmented the heap is at the reconnect varies). Held with 3 KB of room above the largest.
+MP32_FROZEN = ROOT / "build" / "micropython-32-frozen"
+FROZEN_HEAP = {"esp32": "30K", "rp2": "64K"}
 
 BOARD_LIKE = """
 import sys, gc, tls
@@ -57,6 +65,31 @@ def mp32():
     return MP32
 
 
+@pytest.fixture(scope="module")
+def frozen(mp32, tmp_path_factory):
+    """(the frozen port, the files a board with it holds: boot.py, main.py and an empty /lib)."""
+    if not MP32_FROZEN.exists():
+        pytest.fail("build/micropython-32-frozen is missing: run `make setup` (make test does it)")
+    return MP32_FROZEN, build.frozen_tree(tmp_path_factory.mktemp("frozen-board"))
+
+
+@pytest.fixture
+def start_device(request, device, mp32):
+    """start_device(build, flash, heapsize): the firmware from .mpy in /lib (build/micropython-32) or frozen."""
+    started = []
+
+    def start(build, flash, heapsize):
+        if build == "mpy":
+            return device(flash, heapsize=heapsize, executable=mp32)
+        exe, tree = request.getfixturevalue("frozen")
+        started.append(Device(flash, tree, heapsize=heapsize, executable=exe))
+        return started[-1]
+
+    yield start
+    for d in started:
+        d.stop()
+
+
 def _seqs(hub):
     return [json.loads(m["body"])["seq"] for m in hub.service.telemetry("heap-1")]
 
@@ -68,23 +101,25 @@ def _wait(cond, dev, timeout=60):
         time.sleep(0.2)
 
 
-def _board(hub, tmp_path, device, mp32, monkeypatch, model):
-    # "heap-1" on the local hub, booted in a memory model at its budget; connected.
+def _board(hub, tmp_path, start_device, monkeypatch, model, build="mpy"):
+    # "heap-1" on the local hub, booted in a memory model at its budget (from .mpy or frozen); connected.
     heap, env = MODELS[model]
+    heap = heap if build == "mpy" else FROZEN_HEAP[model]
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     key = hub.add_device("heap-1")
     flash = tmp_path / "flash"
     sim.write_flash(flash, hostname=hub.hostname, device_id="heap-1", device_key=key, ca_pem=hub.ca_pem,
                     port=hub.mqtt_port, gateway=hub.host, telemetry_interval=1)
-    dev = device(flash, heapsize=heap, executable=mp32)
+    dev = start_device(build, flash, heap)
     dev.wait_for(r"iothub: connected to %s as heap-1" % hub.hostname)
     return dev
 
 
+@pytest.mark.parametrize("build", ["mpy", "frozen"])
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_session_on_board_sized_heap(hub, tmp_path, device, mp32, monkeypatch, model):
-    dev = _board(hub, tmp_path, device, mp32, monkeypatch, model)
+def test_session_on_board_sized_heap(hub, tmp_path, start_device, monkeypatch, model, build):
+    dev = _board(hub, tmp_path, start_device, monkeypatch, model, build)
     _wait(lambda: len(_seqs(hub)) >= 3, dev)  # QoS 1: each acknowledged before the next goes
     assert hub.service.invoke_method("heap-1", "ping", {"x": 1}, timeout=30)[0] == 200
     hub.service.update_twin("heap-1", {"telemetry_interval": 2})
@@ -106,11 +141,11 @@ def _connects(dev):
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_messages_within_azure_limits_never_take_the_device_offline(hub, tmp_path, device, mp32, monkeypatch, model):
+def test_messages_within_azure_limits_never_take_the_device_offline(hub, tmp_path, start_device, monkeypatch, model):
     # A 60 KB C2D message (Azure allows 64 KB) and a 24 KB desired property (32 KB) at the board's heap
     # budget: handled if they fit, otherwise acknowledged, dropped and counted; either way telemetry goes on
     # over the same connection, and the hub does not send the C2D message again.
-    dev = _board(hub, tmp_path, device, mp32, monkeypatch, model)
+    dev = _board(hub, tmp_path, start_device, monkeypatch, model)
     _wait(lambda: len(_seqs(hub)) >= 2, dev)
     hub.service.send_c2d("heap-1", "c" * 60000, {})
     dev.wait_for(r"(app: c2d c{80}\.\.\. \(60000 bytes\)|iothub: c2d message of 60\d{3} bytes dropped: not enough free memory)")

@@ -95,3 +95,64 @@ def test_b64_round_trip(run_mp):
     out = run_mp(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == binascii.b2a_base64(b"\x00\xff" * 3, newline=False).decode()
+
+
+def _mutations(seed, n):
+    """Base64 texts of keys, some with one character changed, dropped, doubled or padded wrongly."""
+    import base64
+    import random
+
+    rnd = random.Random(seed)
+    odd = "=+/-_!. \n\t\u00e9\x00AQgw"
+    out = []
+    for i in range(n):
+        text = base64.b64encode(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 66)))).decode()
+        how = i % 5
+        at = rnd.randrange(len(text))
+        if how == 1:
+            text = text[:at] + rnd.choice(odd) + text[at + 1:]
+        elif how == 2:
+            text = text[:at] + text[at + 1:] + rnd.choice(odd)
+        elif how == 3:
+            text = text.rstrip("=") + "=" * rnd.randint(0, 4)
+        elif how == 4:
+            text = text[:at] + rnd.choice(odd) * 2 + text[at + 2:]
+        out.append(text)
+    return out
+
+
+@pytest.mark.parametrize("mpy", [False, True], ids=["py", "mpy"])
+def test_b64decode_accepts_exactly_what_strict_base64_accepts(run_mp, tmp_path, mpy):
+    # The rule (RFC 4648 without line breaks): a length that is a multiple of 4, only A-Z a-z 0-9 + /
+    # before at most two "="; the bytes are CPython's. Same acceptance, same bytes, for valid texts and
+    # near misses.
+    import base64
+    import os
+    import re
+
+    seed = int.from_bytes(os.urandom(4), "big")
+    texts = _mutations(seed, 2000)
+    path = tmp_path / "texts.jsonl"
+    path.write_text("".join(json.dumps(t) + "\n" for t in texts))
+    code = (
+        "import json, binascii\n"
+        "from iothub.crypto import b64decode\n"
+        "for line in open(%r):\n"
+        "    try:\n"
+        "        print(binascii.hexlify(b64decode(json.loads(line))).decode() or '-')\n"
+        "    except ValueError as e:\n"
+        "        print('refused')\n"
+    ) % str(path)
+    out = run_mp(code, mpy=mpy, heapsize="32K", timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    got = out.stdout.splitlines()
+    assert len(got) == len(texts)
+    accepted = 0
+    for text, line in zip(texts, got):
+        if len(text) % 4 == 0 and re.fullmatch("[A-Za-z0-9+/]+={0,2}", text):
+            want = base64.b64decode(text).hex() or "-"
+        else:
+            want = "refused"
+        assert line == want, "b64decode(%r) (seed %d)" % (text, seed)
+        accepted += want != "refused"
+    assert 300 < accepted < 1900  # both sides of the line were tried

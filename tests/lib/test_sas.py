@@ -153,3 +153,50 @@ def test_bad_input_is_refused_with_a_clear_message(run_mp, case, mpy):
     assert "MINTED" not in out.stdout
     assert out.stdout.startswith("refused:") and message in out.stdout, out.stdout
     assert GOOD_KEY not in out.stdout  # the key is never echoed back
+
+
+HOST_RE = r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+ID_RE = r"^[A-Za-z0-9\-.+%_#*?!(),:=@$']+$"
+
+
+@pytest.mark.parametrize("mpy", [False, True], ids=["py", "mpy"])
+def test_hostname_and_device_id_checks_match_the_documented_rules(run_mp, tmp_path, mpy):
+    # Random names near the rules' edges, each checked on the device and against IoT Hub's rules written
+    # as regular expressions on CPython; a refused device id names its first bad character.
+    import re
+
+    seed = int.from_bytes(os.urandom(4), "big")
+    rnd = random.Random(seed)
+    alphabet = "ab9Z-..-" + "-.+%_#*?!(),:=@$'" + "/ \u00e9~&\x00"
+    names = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 12))) for _ in range(3000)]
+    names += ["a.b-c.d", "-a.b", "a-.b", "a.-b", "a..b", ".a", "a.", "a-", "A9.z0-q"]
+    path = tmp_path / "names.jsonl"
+    path.write_text("".join(json.dumps(n) + "\n" for n in names))
+    code = (
+        "import json\n"
+        "from iothub import sas\n"
+        "for line in open(%r):\n"
+        "    name = json.loads(line)\n"
+        "    for check in (sas.check_hostname, sas.check_device_id):\n"
+        "        try:\n"
+        "            check(name)\n"
+        "            print('ok')\n"
+        "        except ValueError as e:\n"
+        "            print(json.dumps(str(e)))\n"
+    ) % str(path)
+    out = run_mp(code, mpy=mpy, heapsize="32K", timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    got = out.stdout.splitlines()
+    assert len(got) == 2 * len(names)
+    for i, name in enumerate(names):
+        host, dev = got[2 * i], got[2 * i + 1]
+        assert (host == "ok") == bool(re.match(HOST_RE, name)), "hostname %r (seed %d)" % (name, seed)
+        plain = name.isascii() and name.isprintable()  # MicroPython's repr() escapes other characters its own way
+        if host != "ok":
+            msg = "hub hostname is not a DNS name: %r" % name
+            assert json.loads(host) == msg if plain else json.loads(host).startswith(msg[:32])
+        assert (dev == "ok") == bool(re.match(ID_RE, name)), "device id %r (seed %d)" % (name, seed)
+        if dev != "ok":
+            bad = next(c for c in name if not re.match(ID_RE, c))
+            msg = "device id has a character IoT Hub does not allow: %r" % bad
+            assert json.loads(dev) == msg if plain else json.loads(dev).startswith(msg[:50])

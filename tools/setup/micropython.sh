@@ -62,6 +62,6 @@ fi
 echo "micropython: compiling mpy-cross and the unix port"
 make -s -C "$SRC/tree/mpy-cross" -j2 >/dev/null
 make -s -C "$SRC/tree/ports/unix" -j2 MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=1 MICROPY_PY_BTREE=0 FROZEN_MANIFEST= >/dev/null
-ln -sf "$SRC/tree/ports/unix/build-standard/micropython" "$OUT"
+ln -sfn mp-src/tree/ports/unix/build-standard/micropython "$OUT"  # relative: build/ may move
 version_ok "$OUT" || { echo "micropython: the build did not give a working unix port" >&2; exit 1; }
 echo "micropython: $("$OUT" -c 'import sys; print(sys.version)')"

@@ -11,10 +11,19 @@
 # for the board's hardware RNG; no FFI (no i386 libffi needed). Cached; rebuilt only when missing.
 # MP32_MBEDTLS_ALLOC=libc in the environment moves mbed TLS's allocations to the C heap instead:
 # the ESP32 memory model (ESP-IDF's mbed TLS allocates outside MicroPython's heap).
+#
+# `micropython32.sh frozen` then also makes build/micropython-32-frozen: the same port with upyhub's
+# device package, umqtt.simple (build/umqtt) and the unix board module frozen in through
+# boards/unix/manifest.py, which freezes what the ESP32 and Pico W manifests freeze
+# (boards/manifest_common.py). Run it again whenever a frozen source changes (the Makefile does): only
+# the frozen modules are compiled again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+ROOT=$PWD
 BUILD=$PWD/build
 OUT=$BUILD/micropython-32
+FROZEN_OUT=$BUILD/micropython-32-frozen
+MODE=${1:-}
 SRC=$BUILD/mp-src            # MicroPython sources (same layout as micropython.sh)
 MBSRC=$BUILD/mbedtls-src     # mbed TLS sources
 LIB=$BUILD/mp32              # the mbed TLS config, objects and static libraries
@@ -53,8 +62,27 @@ sys.exit(0 if (v[0], v[1]) >= (1, 22) and sys.maxsize == 2**31 - 1 and gc.mem_al
         >/dev/null 2>&1
 }
 
+UNIX=$SRC/tree/ports/unix
+port_make() {  # $1 = build folder, $2 = program, then more make variables: the 32-bit port, board mbed TLS
+    # MICROPY_TRACKED_ALLOC is what m_tracked_calloc (mbed TLS's allocator here) needs; the unix port
+    # turns it on only with FFI, rp2 with mbed TLS.
+    make -s -C "$UNIX" -j2 BUILD="$1" PROG="$2" MICROPY_FORCE_32BIT=1 MICROPY_PY_FFI=0 \
+        MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=1 MICROPY_PY_BTREE=0 "${@:3}" \
+        CFLAGS_EXTRA="-DMICROPY_TRACKED_ALLOC=1 -I$MBSRC/tree/include -I$LIB -DMBEDTLS_CONFIG_FILE='\"mbedtls_config_board.h\"'" \
+        LDFLAGS_EXTRA="-L$LIB $LIB/alloc.o" >/dev/null
+}
+
+frozen() {  # build/micropython-32-frozen; make's own dependencies decide what is compiled again
+    echo "micropython-32-frozen: freezing boards/unix/manifest.py into the 32-bit port"
+    port_make build-32-frozen micropython-32-frozen FROZEN_MANIFEST="$ROOT/boards/unix/manifest.py"
+    ln -sfn "${UNIX#"$BUILD"/}/build-32-frozen/micropython-32-frozen" "$FROZEN_OUT"  # relative: build/ may move
+    ok "$FROZEN_OUT" && "$FROZEN_OUT" -c 'import iothub.session, board, umqtt.simple, app' >/dev/null \
+        || { echo "micropython-32-frozen: the build did not give a port with the device package frozen" >&2; exit 1; }
+}
+
 if [ -x "$OUT" ] && [ -f "$LIB/mbedtls_config_board.h" ] && [ "$(cat "$LIB/mbedtls_config_board.h")" = "$CONFIG" ] \
         && [ -f "$LIB/alloc.c" ] && [ "$(cat "$LIB/alloc.c")" = "$SHIM" ] && ok "$OUT"; then
+    if [ "$MODE" = frozen ]; then frozen; fi
     exit 0
 fi
 echo "micropython-32: building a 32-bit unix port with a board mbed TLS config (once, 1-2 min on 2 cores)"
@@ -98,11 +126,10 @@ fi
 grep -q 'MBEDTLS_VERSION_MAJOR *3' "$MBSRC/tree/include/mbedtls/build_info.h" 2>/dev/null \
     || { echo "micropython-32: expected mbed TLS 3.x sources in $MBSRC" >&2; exit 1; }
 
-# mbed TLS: compiled once per configuration (a changed config rebuilds it and the port).
-UNIX=$SRC/tree/ports/unix
+# mbed TLS: compiled once per configuration (a changed config rebuilds it and the ports).
 if [ ! -f "$LIB/mbedtls_config_board.h" ] || [ "$(cat "$LIB/mbedtls_config_board.h")" != "$CONFIG" ] \
         || [ ! -f "$LIB/alloc.c" ] || [ "$(cat "$LIB/alloc.c")" != "$SHIM" ]; then
-    rm -rf "$LIB" "$UNIX/build-32"
+    rm -rf "$LIB" "$UNIX/build-32" "$UNIX/build-32-frozen"
 fi
 mkdir -p "$LIB/obj"
 if [ ! -f "$LIB/libmbedtls.a" ]; then
@@ -122,13 +149,9 @@ fi
 ln -sf libmbedtls.a "$LIB/libmbedx509.a"
 ln -sf libmbedtls.a "$LIB/libmbedcrypto.a"
 
-# MICROPY_TRACKED_ALLOC is what m_tracked_calloc (mbed TLS's allocator here) needs; the unix port
-# turns it on only with FFI, rp2 with mbed TLS.
 echo "micropython-32: compiling the unix port (32-bit)"
-make -s -C "$UNIX" -j2 BUILD=build-32 PROG=micropython-32 MICROPY_FORCE_32BIT=1 MICROPY_PY_FFI=0 \
-    MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=1 MICROPY_PY_BTREE=0 FROZEN_MANIFEST= \
-    CFLAGS_EXTRA="-DMICROPY_TRACKED_ALLOC=1 -I$MBSRC/tree/include -I$LIB -DMBEDTLS_CONFIG_FILE='\"mbedtls_config_board.h\"'" \
-    LDFLAGS_EXTRA="-L$LIB $LIB/alloc.o" >/dev/null
-ln -sf "$UNIX/build-32/micropython-32" "$OUT"
+port_make build-32 micropython-32 FROZEN_MANIFEST=
+ln -sfn "${UNIX#"$BUILD"/}/build-32/micropython-32" "$OUT"  # relative: build/ may move
 ok "$OUT" || { echo "micropython-32: the build did not give a 32-bit port with a board-sized TLS context" >&2; exit 1; }
 echo "micropython-32: $("$OUT" -c 'import sys; print(sys.version)') (32-bit, mbed TLS 3 board config)"
+if [ "$MODE" = frozen ]; then frozen; fi

@@ -186,7 +186,10 @@ def command(flash, *, source=False, heapsize=None, tree=None, path_extra=(), exe
     top, path = image(flash, source, tree)
     interpreter = str(executable) if executable else paths.micropython()
     inside, code = _inside(flash, list(path_extra) + [top] + path)
-    boot = mount_code(flash, code, [inside[str(p)] for p in list(path_extra) + path]) + _BOOT % {
+    # sys.path as a board has it (['', '.frozen', '/lib']): what path_extra adds, frozen modules (in a port
+    # built with them, e.g. build/micropython-32-frozen), then the firmware's lib
+    sys_path = [inside[str(p)] for p in path_extra] + [".frozen"] + [inside[str(p)] for p in path]
+    boot = mount_code(flash, code, sys_path) + _BOOT % {
         "hosts": _resolve(cfg, flash), "boot": inside[str(top)] + "/boot.py", "main": inside[str(top)] + "/main.py"}
     argv = [interpreter]
     if heapsize:

@@ -1,6 +1,6 @@
 """Load on the local hub: 200 devices (amqtt's MQTT client on CPython, TLS, SAS tokens) log in at once
 and send QoS 1 telemetry, in rounds without and with a flood of idle TCP and half-open TLS connections
-(rounds interleaved: quiet, flood, quiet, flood). Loopback only; bounded in count and time.
+(rounds interleaved: quiet, flood, quiet, flood, ..., five of each; min / median / max of each kind). Loopback only; bounded in count and time.
 
 Per round: logins/s (all devices connecting, at most LOGIN_CONCURRENCY TLS+CONNECT under way at once,
 as from one NAT), messages/s (every device sends MESSAGES messages, each waiting for its PUBACK),
@@ -20,11 +20,11 @@ import time
 import urllib.parse
 
 from upyhub import sas
-from upyhub.bench import _hub
+from upyhub.bench import _hub, _stats
 
 DEVICES = 200
 MESSAGES = 10
-ROUNDS = ("quiet", "flood", "quiet", "flood")
+ROUNDS = ("quiet", "flood") * _stats.RUNS
 LOGIN_CONCURRENCY = 50
 FLOOD_IDLE = 1000
 FLOOD_HALF_TLS = 200
@@ -167,15 +167,14 @@ def run():
                 % (name, row["logins"], DEVICES, row["logins_per_s"], row["messages"], row["messages_per_s"],
                    row["p50_ms"], row["p99_ms"],
                    ", flood connections opened %d" % row["flood_connections"] if name == "flood" else ""))
-        print("load summary (mean of the rounds of each kind):")
-        for kind in ("quiet", "flood"):
-            rs = [r for r in rows if r["round"] == kind]
-            if rs:
-                m = {k: statistics.mean(r[k] for r in rs) for k in ("logins_per_s", "messages_per_s", "p50_ms",
-                                                                       "p99_ms")}
-                print("  %-5s logins/s %.0f  messages/s %.0f  PUBACK p50 %.1f ms  p99 %.1f ms  logins ok %s"
-                      % (kind, m["logins_per_s"], m["messages_per_s"], m["p50_ms"], m["p99_ms"],
-                         " ".join("%d/%d" % (r["logins"], DEVICES) for r in rs)), flush=True)
+        print("load: %d devices at once, %d QoS 1 messages each; rounds of each kind: quiet %d, flood %d"
+              % (DEVICES, MESSAGES, sum(r["round"] == "quiet" for r in rows), sum(r["round"] == "flood" for r in rows)))
+        for key, unit, fmt in (("logins_per_s", "logins/s", "%.0f"), ("messages_per_s", "messages/s", "%.0f"),
+                               ("p50_ms", "PUBACK p50 ms", "%.1f"), ("p99_ms", "PUBACK p99 ms", "%.1f")):
+            _stats.table("", unit, {kind: [r[key] for r in rows if r["round"] == kind] for kind in ("quiet", "flood")},
+                         fmt=fmt)
+        print("  legitimate logins that succeeded: %d of %d" % (sum(r["logins"] for r in rows), DEVICES * len(rows)),
+              flush=True)
     finally:
         if proc is not None:
             proc.terminate()
