@@ -78,6 +78,8 @@ class Outbox:
         self.depth = 0  # messages not yet acknowledged
         self.bytes = 0  # size of the segment files
         self._segs = []  # [number, size, first unacked offset, records pending]
+        self._last = 0  # the highest segment number used: numbers are never reused while running, so a
+        #                cursor left in a removed segment can never point into a new one of that number
         self._tail = None  # open handle of the last segment (appends), or None: a new one on the next append
         self._rd = [None, None]  # [segment number, handle] for reads
         self._cur = None  # [segment number, offset] of the next record to send
@@ -210,7 +212,7 @@ class Outbox:
             self._seal()
 
     def _new_segment(self):
-        n = self._segs[-1][0] + 1 if self._segs else 1
+        n = self._last + 1
         path = self._path(n)
         _step("open", path)
         f = open(path, "w+b")
@@ -227,6 +229,7 @@ class Outbox:
                 pass
             raise
         self._tail = f
+        self._last = n
         self._segs.append([n, 4, 4, 0])
         self.bytes += 4
 

@@ -17,6 +17,8 @@ def load(ob):
         if name.endswith(".seg") and name[:-4].isdigit():
             nums.append(int(name[:-4]))
     nums.sort()
+    if nums:
+        ob._last = nums[-1]
     for n in nums:
         seg = _scan(ob, n)
         if seg is not None:

@@ -73,6 +73,27 @@ print(json.dumps([names(b), o.depth]))
     assert out == [["t/2", "t/3", "t/4", "t/5"], 3]
 
 
+def test_one_at_a_time_across_segments_every_message_is_sent(run_mp, tmp_path):
+    # A device whose hub acknowledges each message before the next (the common case, inflight 1 or
+    # a slow sender): a full segment is sealed, acknowledged and removed while the cursor still
+    # points into it. Every message must still be handed out at once, through many segments.
+    out = run(run_mp, """
+o = ob(%r, segment_bytes=100, ack_every=1)
+got = []
+for i in range(60):
+    o.append("t/%%d" %% i, b"body")
+    m = o.next()
+    if m is None:
+        break
+    got.append(bytes(m[1]).decode())
+    o.ack(m[0])
+print(json.dumps([got, o.depth, sorted(os.listdir(%r))]))
+""" % (str(tmp_path / "ob"), str(tmp_path / "ob")))
+    got, depth, files = out
+    assert got == ["t/%d" % i for i in range(60)] and depth == 0
+    assert len(files) <= 1  # acknowledged segments are removed as they go
+
+
 def test_torn_tail_corrupt_middle_and_older_format(run_mp, tmp_path):
     d = tmp_path / "ob"
     run(run_mp, """
@@ -99,7 +120,9 @@ print(json.dumps([names(ms) + names(drain(o)), LOG, sorted(os.listdir(%r))]))
     assert any("segment 1 has" in x and "damaged byte(s)" in x for x in log)
     assert any("segment 7 is not in this firmware's format: moved aside as 7.seg.old" in x for x in log)
     assert "7.seg.old" in files and "7.seg" not in files
-    assert "2.seg" in files  # appends after a boot go to a new segment, never after a torn end
+    # appends after a boot go to a new segment, never after a torn end, numbered past every one
+    # seen (the moved-aside 7 included): a number is never used twice
+    assert "8.seg" in files and "2.seg" not in files
 
 
 def test_full_drops_the_oldest_or_refuses(run_mp, tmp_path):
