@@ -1,6 +1,7 @@
 """The session's heap scenario, RUNS times in a row, in the RP2040 memory model of the board-faithful
-32-bit port (build/micropython-32: every mbed TLS allocation on the Python heap, 112 KB of heap, the
-budget tests/firmware/test_session_heap.py holds the .mpy build to). Each run boots the real firmware (.mpy),
+32-bit port (build/micropython-32: every mbed TLS allocation on the Python heap, 112 KB of heap: 1 KB
+above the smallest the session runs in, tighter than the 116 KB tests/firmware/test_session_heap.py holds
+the .mpy build to). Each run boots the real firmware (.mpy),
 connects over TLS, sends telemetry, answers a method and a desired property, then the hub restarts
 and the device reconnects on a heap that has been in use for a while. Counted: reconnect attempts
 that failed for lack of memory (the target is 0: the room the session holds for the TLS buffers is

@@ -56,6 +56,8 @@ while s.pending() or not s.connected:
 n = %d
 t0 = time.ticks_ms()
 for i in range(1, n + 1):
+    while s.pending() >= cfg["inflight"]:  # a new message as the window has room (the SDK's threads block
+        s.poll(5)                          # the same way); sent all at once, they would overflow the outbox
     s.send('%s' %% i)
     s.poll(0)
 while s.pending():
