@@ -13,7 +13,9 @@ MPY_STAMP := build/mpy/.stamp
 DEVICE_SRC := $(shell find lib firmware boards -name '*.py' 2>/dev/null)
 
 .PHONY: setup test demo bench clean distclean
-setup: $(BIN)/.stamp $(MP) $(MP32) $(UMQTT) $(MPY_STAMP) $(MP32_FROZEN) $(QEMU)
+# The demo needs the host tools, the unix port and the board tree; the tests need every build.
+DEMO_NEEDS := $(BIN)/.stamp $(MP) $(UMQTT) $(MPY_STAMP)
+setup: $(DEMO_NEEDS) $(MP32) $(MP32_FROZEN) $(QEMU)
 
 $(BIN)/.stamp: pyproject.toml tools/setup/venv.sh
 	bash tools/setup/venv.sh
@@ -51,7 +53,7 @@ $(MPY_STAMP): $(BIN)/.stamp $(UMQTT) $(DEVICE_SRC)
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: setup
+demo: $(DEMO_NEEDS)
 	$(BIN)/python -m upyhub.demo
 
 bench: setup
