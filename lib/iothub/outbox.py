@@ -2,14 +2,15 @@
 # fleet's data survive power cuts and long outages. The session appends each message before send()
 # returns, publishes from here, and acknowledges in PUBACK order.
 #
-# Layout: <dir>/<n>.seg, append-only segment files numbered upwards. Each starts with b"OBX1" (the
-# format) and holds records:
+# Layout: <dir>/<n>.seg, append-only segment files numbered upwards (a number is never used twice).
+# Each starts with b"OBX1" (the format) and holds records:
 #   0xA7 | kind | length (3 bytes, big-endian) | crc32 of kind+length+payload (4) | payload
 #   kind 0, data: topic length (2) | topic | body          (the topic carries the message's $.mid)
 #   kind 1, ack:  offset (4): every data record of this segment before it was acknowledged
 # A record is one append; an ack mark is written every `ack_every` acknowledgements (and on close);
-# a segment whose records are all acknowledged is deleted. So the flash sees one small write per
-# message plus amortized cleanup, never a rewrite.
+# a segment whose records are all acknowledged is deleted. So each message is one small append plus
+# amortized cleanup, never a rewrite of a file (littlefs still commits each flushed append: about
+# one block erase, README "Performance").
 #
 # Power cuts: a torn record fails its CRC and is skipped (the scan resynchronises on the next 0xA7
 # with a good CRC); appends after a boot always go to a new segment, never after a torn end. What
