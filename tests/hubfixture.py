@@ -4,6 +4,7 @@ Fixtures `hub` (a fresh hub per test) and `hub_session` (one for the session). A
 .hostname .host .mqtt_port .https_port .ca_path .ca_pem .data_dir .owner_cs .service (ServiceClient)
 .dps_port .dps_host .dps_hostname .id_scope (the local DPS)
 .add_device(device_id, **kw) -> primary key, .stop(), .start() (same data and ports), .restart(), .log().
+LocalHub(..., handshake_timeout=S) serves with `--handshake-timeout S` (slow clients: an emulated board).
 """
 import os
 import pathlib
@@ -24,9 +25,13 @@ START_DEADLINE = 90  # seconds: generous for a loaded 2-core machine
 class LocalHub:
     host = "127.0.0.1"
 
-    def __init__(self, data_dir, mqtt_port=0, https_port=0, hostname=None, dps_port=0, dps_host=None, serve_args=()):
+    def __init__(self, data_dir, mqtt_port=0, https_port=0, hostname=None, dps_port=0, dps_host=None, serve_args=(),
+                 handshake_timeout=None):
+        """handshake_timeout: seconds the hub gives a device connection to finish TLS (None: the hub's default)."""
         self.data_dir = pathlib.Path(data_dir)
         self.serve_args = list(serve_args)
+        if handshake_timeout is not None:
+            self.serve_args += ["--handshake-timeout", str(handshake_timeout)]
         self.mqtt_port, self.https_port, self.dps_port = mqtt_port, https_port, dps_port
         self.dps_host = dps_host or self.host
         self.proc = None

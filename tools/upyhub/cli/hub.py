@@ -152,6 +152,9 @@ def register(sub):
                         "stop it with `upyhub hub stop`)")
     v.add_argument("--max-pending", type=int, default=None, metavar="N",
                    help="connections per address that may be in TLS or CONNECT at once (default 100)")
+    v.add_argument("--handshake-timeout", type=float, default=None, metavar="S",
+                   help="seconds a device connection (MQTT, DPS) has from accept to a finished TLS handshake "
+                        "(default 5, at most 600; more for slow clients such as an emulated board)")
     v.add_argument("--verbose", action="store_true", help="debug logging")
 
     verb("stop", cmd_stop, "stop the hub serving --data (started with serve --detach, or in another terminal)")
@@ -438,6 +441,9 @@ def cmd_serve(args):
             raise UsageError("--%s must be 0..65535" % name.replace("_", "-"))
     if args.max_pending is not None and not 1 <= args.max_pending <= 100000:
         raise UsageError("--max-pending must be 1..100000")
+    if args.handshake_timeout is None:
+        args.handshake_timeout = broker.HANDSHAKE_TIMEOUT
+    broker.check_handshake_timeout(args.handshake_timeout, "--handshake-timeout")
     _pki(args).state()
     data = pathlib.Path(args.data)
     if server.running_pid(data):
@@ -445,14 +451,16 @@ def cmd_serve(args):
     if args.detach:
         return _detach(args, data)
     server.serve(args.data, args.bind, args.port, args.https_port, args.verbose,
-                 args.max_pending or broker.PENDING_PER_ADDRESS, args.dps_port, args.dps_bind)
+                 args.max_pending or broker.PENDING_PER_ADDRESS, args.dps_port, args.dps_bind,
+                 args.handshake_timeout)
 
 
 def _detach(args, data):
     """`serve --detach`: the same serve in a new session, logging to DATA/hub.log; back once it serves."""
     from upyhub.hub import server
     argv = [sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(data), "--bind", args.bind,
-            "--port", str(args.port), "--https-port", str(args.https_port), "--dps-port", str(args.dps_port)]
+            "--port", str(args.port), "--https-port", str(args.https_port), "--dps-port", str(args.dps_port),
+            "--handshake-timeout", repr(args.handshake_timeout)]
     argv += (["--max-pending", str(args.max_pending)] if args.max_pending else []) + \
         (["--dps-bind", args.dps_bind] if args.dps_bind else []) + (["--verbose"] if args.verbose else [])
     log_path = data / "hub.log"

@@ -10,7 +10,8 @@ traffic comes from the hub), so the session part of amqtt's Broker is replaced h
 - SUBSCRIBE is checked against the device's own filters, at most 5; anything else closes the connection.
 - Keep-alive: the connection is closed after 1.5 x the client's keep-alive without traffic (cap 1767 s).
 - Abuse: TCP_NODELAY on every connection; per-address cap on connections not logged in yet; TLS within
-  5 s and CONNECT within 5 s of accept; every packet's size checked from its fixed header before its body
+  the hub's handshake timeout of accept (HANDSHAKE_TIMEOUT, 5 s, unless `serve --handshake-timeout`) and
+  CONNECT within 5 s of the handshake; every packet's size checked from its fixed header before its body
   is read (FramedReader), wildcards in a PUBLISH topic and malformed packets close the connection.
 """
 import asyncio
@@ -30,16 +31,28 @@ from amqtt.mqtt.suback import SubackPacket
 from amqtt.mqtt.unsuback import UnsubackPacket
 from amqtt.events import MQTTEvents
 
+from upyhub.errors import UsageError
 from upyhub.hub import auth, engine
 
 log = logging.getLogger("upyhub.hub")
-HANDSHAKE_TIMEOUT = 5  # seconds from TCP accept to a finished TLS handshake
+HANDSHAKE_TIMEOUT = 5  # seconds from TCP accept to a finished TLS handshake (default; `serve --handshake-timeout`)
+MAX_HANDSHAKE_TIMEOUT = 600  # the longest a hub may be told to wait for one
 CONNECT_TIMEOUT = 5  # seconds from the handshake to a complete CONNECT
 PENDING_PER_ADDRESS = 100  # connections from one address not yet logged in (TLS or CONNECT under way)
 KEEPALIVE_CAP = 1767
 MAX_MESSAGE = 256 * 1024  # IoT Hub's device-to-cloud limit (the PUBLISH payload)
 MAX_CONNECT = 64 * 1024  # a CONNECT: client id, username, SAS token, an optional will
 MAX_CONTROL = 16 * 1024  # SUBSCRIBE, UNSUBSCRIBE, acks, pings
+
+
+def check_handshake_timeout(seconds, name="the handshake timeout"):
+    """seconds (a float) if it is a handshake deadline a hub may use, more than 0 and at most
+    MAX_HANDSHAKE_TIMEOUT; UsageError (naming `name`) if not."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not 0 < seconds <= MAX_HANDSHAKE_TIMEOUT:  # NaN fails the comparison too
+        raise UsageError("%s must be more than 0 and at most %d (seconds), not %r"
+                         % (name, MAX_HANDSHAKE_TIMEOUT, seconds))
+    return float(seconds)
 
 
 class Gate:
@@ -265,8 +278,8 @@ class HubBroker(Broker):
     """amqtt's Broker on a socket bound by the caller (port 0 without a race), with the hub's TLS and limits.
 
     Each accepted connection gets a per-address ticket (Gate) until it has logged in; TLS must finish within
-    HANDSHAKE_TIMEOUT and the CONNECT arrive within CONNECT_TIMEOUT; then amqtt's session machinery runs
-    with IoT Hub's rules (below).
+    handshake_timeout seconds of accept (HANDSHAKE_TIMEOUT unless the hub says otherwise) and the CONNECT
+    arrive within CONNECT_TIMEOUT; then amqtt's session machinery runs with IoT Hub's rules (below).
     """
 
     label = ""  # log lines' prefix
@@ -274,8 +287,10 @@ class HubBroker(Broker):
     hold_ticket = False  # True: a logged-in connection still counts against its address (ticket.release ends it)
     one_per_id = True  # a second connection of a client id drops the first (IoT Hub); False: they coexist
 
-    def __init__(self, config, hub, tls, sock, pending_per_address=PENDING_PER_ADDRESS):
+    def __init__(self, config, hub, tls, sock, pending_per_address=PENDING_PER_ADDRESS,
+                 handshake_timeout=HANDSHAKE_TIMEOUT):
         self.hub, self.tls, self.sock = hub, tls, sock
+        self.handshake_timeout = check_handshake_timeout(handshake_timeout)
         self.gate = Gate(pending_per_address)
         self._conn_tasks = set()
         super().__init__(config)
@@ -309,9 +324,10 @@ class HubBroker(Broker):
         try:
             try:
                 tls = await loop.start_tls(transport, protocol, self.tls.mqtt_listener, server_side=True,
-                                           ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                                           ssl_handshake_timeout=self.handshake_timeout)
             except Exception as exc:  # timeout, TLS alert, reset: one (rate-limited) line, never a traceback
-                log.warning("TLS handshake with %s:%s failed: %s", peer[0], peer[1], _why(exc))
+                log.warning("TLS handshake with %s:%s failed: %s", peer[0], peer[1],
+                            _why(exc, self.handshake_timeout))
                 transport.abort()
                 return
             protocol.connection_made(tls)
@@ -406,7 +422,7 @@ class HubBroker(Broker):
         await super().shutdown()
 
 
-def _why(exc):
+def _why(exc, handshake_timeout):
     if isinstance(exc, (asyncio.TimeoutError, ConnectionAbortedError)):
-        return "no TLS handshake within %d s" % HANDSHAKE_TIMEOUT
+        return "no TLS handshake within %g s" % handshake_timeout
     return getattr(exc, "reason", None) or str(exc) or type(exc).__name__

@@ -118,7 +118,11 @@ def running_summary(data_dir):
 
 
 async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None,
-              pending_per_address=broker.PENDING_PER_ADDRESS, dps_port=dps.DEFAULT_PORT, dps_bind=None):
+              pending_per_address=broker.PENDING_PER_ADDRESS, dps_port=dps.DEFAULT_PORT, dps_bind=None,
+              handshake_timeout=broker.HANDSHAKE_TIMEOUT):
+    """Serve data_dir until SIGINT/SIGTERM. handshake_timeout: seconds from accept to a finished TLS
+    handshake on the device listeners (MQTT and DPS), more than 0 and at most broker.MAX_HANDSHAKE_TIMEOUT."""
+    handshake_timeout = broker.check_handshake_timeout(handshake_timeout)
     pki = pki_mod.PKI(data_dir)
     hostname = pki.hostname
     registry = reg.Registry(data_dir)
@@ -128,7 +132,7 @@ async def run(data_dir, bind="0.0.0.0", port=8883, https_port=8443, ready=None,
         for gen in pki.ensure_server_names():  # a data folder from before the DPS: add its hostname
             log.info("server certificate %d reissued by CA %d for %s", gen, gen, ", ".join(pki.server_names()))
         addresses = {"mqtt": (bind, port), "https": (bind, https_port), "dps": (dps_bind or bind, dps_port)}
-        await _serve(pki, hostname, registry, addresses, ready, pending_per_address)
+        await _serve(pki, hostname, registry, addresses, ready, pending_per_address, handshake_timeout)
     finally:
         lock.release()
         registry.close()
@@ -147,13 +151,13 @@ def _listen_all(addresses):
     return socks
 
 
-async def _start_broker(cls, engine_, ctx, sock, pending_per_address, what):
+async def _start_broker(cls, engine_, ctx, sock, pending_per_address, handshake_timeout, what):
     addr, port = sock.getsockname()[:2]
     config = {"listeners": {"default": {"type": "tcp", "bind": "%s:%d" % (addr, port), "ssl": True,
                                         "certfile": str(ctx.pki.server_paths()[0]),
                                         "keyfile": str(ctx.pki.server_paths()[1])}},
               "plugins": {}}  # amqtt checks the files exist; the context itself comes from ServerTLS
-    mqtt = cls(config, engine_, ctx, sock, pending_per_address)
+    mqtt = cls(config, engine_, ctx, sock, pending_per_address, handshake_timeout)
     try:
         await mqtt.start()
     except Exception as e:
@@ -161,7 +165,7 @@ async def _start_broker(cls, engine_, ctx, sock, pending_per_address, what):
     return mqtt
 
 
-async def _serve(pki, hostname, registry, addresses, ready, pending_per_address):
+async def _serve(pki, hostname, registry, addresses, ready, pending_per_address, handshake_timeout):
     registry.reset_connections()
     hub = engine.Hub(registry, hostname)
     dps_engine = dps_endpoint.DpsEngine(registry, hostname)
@@ -175,9 +179,9 @@ async def _serve(pki, hostname, registry, addresses, ready, pending_per_address)
     brokers = []
     try:
         brokers.append(await _start_broker(broker.HubBroker, hub, ctx, socks["mqtt"], pending_per_address,
-                                           "MQTT endpoint"))
+                                           handshake_timeout, "MQTT endpoint"))
         brokers.append(await _start_broker(dps_endpoint.DpsBroker, dps_engine, ctx, socks["dps"],
-                                           pending_per_address, "DPS endpoint"))
+                                           pending_per_address, handshake_timeout, "DPS endpoint"))
     except HubError:
         await asyncio.gather(*(b.shutdown() for b in brokers), return_exceptions=True)
         for s in socks.values():
@@ -209,8 +213,8 @@ async def _serve(pki, hostname, registry, addresses, ready, pending_per_address)
           % (dps_bind, ports["dps_port"], pki.dps_hostname, id_scope))
     print("  CA         %s   (generation %d; devices pin this)" % (pki.ca_path(), pki.active))
     print("  data       %s   (%d devices)" % (registry.data_dir, registry.count_devices()))
-    print("  limits     %d open files; %d connections per address before login"
-          % (files_limit, pending_per_address))
+    print("  limits     %d open files; %d connections per address before login; TLS handshake within %g s"
+          % (files_limit, pending_per_address, handshake_timeout))
     print("  service connection string: upyhub hub policy show service --connection-string")
     print("Ctrl-C stops the hub.")
     print("mqtt_port=%d https_port=%d dps_port=%d" % (ports["mqtt_port"], ports["https_port"], ports["dps_port"]),
@@ -231,7 +235,8 @@ async def _serve(pki, hostname, registry, addresses, ready, pending_per_address)
 
 
 def serve(data_dir, bind="0.0.0.0", port=8883, https_port=8443, verbose=False,
-          pending_per_address=broker.PENDING_PER_ADDRESS, dps_port=dps.DEFAULT_PORT, dps_bind=None):
+          pending_per_address=broker.PENDING_PER_ADDRESS, dps_port=dps.DEFAULT_PORT, dps_bind=None,
+          handshake_timeout=broker.HANDSHAKE_TIMEOUT):
     logs.install(verbose)
     asyncio.run(run(data_dir, bind, port, https_port, pending_per_address=pending_per_address,
-                    dps_port=dps_port, dps_bind=dps_bind))
+                    dps_port=dps_port, dps_bind=dps_bind, handshake_timeout=handshake_timeout))
