@@ -4,12 +4,22 @@
 #   status, body = rootupdate.handle(store, payload)   # on $iothub/methods/POST/updateRootCerts
 #   twin patch {"rootCerts": rootupdate.report(store, warn_days)}
 #   alert = rootupdate.expiring(store, warn_days)       # list, empty when nothing expires soon
-# Payload: {"pem": "<PEM text>", "sha256": "<hex>"} or {"der": "<base64 DER>", "sha256": "<hex>"}.
+# Payload: {"pem": "<PEM text>", "sha256": "<hex>"} or {"der": "<base64 DER>", "sha256": "<hex>"};
+# as JSON text, it is refused unparsed when longer than max_request(store.max_bytes).
 import json
 
 from iothub import crypto, x509
 
 METHOD = "updateRootCerts"
+ENVELOPE = 256  # bytes of a request besides its PEM or base64: {"pem": "", "sha256": "<64 hex>"}, spacing
+
+
+def max_request(max_bytes):
+    # The longest request that can carry max_bytes of certificates, checked before the request is parsed
+    # (a larger one need not fit a board's heap to be refused). JSON escaping at most doubles PEM text
+    # (each "\n" is sent as "\\n": one more character a line; any other escape likewise), and base64 of
+    # DER is 4/3 of it, which leaves room for its escapes ("\/") too.
+    return 2 * max_bytes + ENVELOPE
 
 
 def _refuse(msg, status=400):
@@ -19,6 +29,9 @@ def _refuse(msg, status=400):
 def _payload(payload, max_bytes):
     # -> (bytes of the root set, sha256 hex), or raises ValueError with what is wrong with the request.
     if isinstance(payload, (bytes, bytearray, str)):
+        limit = max_request(max_bytes)
+        if len(payload) > limit:
+            raise ValueError("root certificate payload is %d bytes, more than the limit of %d" % (len(payload), limit))
         try:
             payload = json.loads(payload)
         except ValueError:

@@ -122,3 +122,44 @@ def test_root_certs_report_and_expiry_watch(run_mp, tmp_path):
     assert report["expiryWarning"] is False and warn5 == []
     json.dumps(report)  # the twin takes it as is
     assert len(json.dumps(report)) < 2048
+
+
+OVERSIZED = """
+import gc
+line, head, tail = %r, %r, %r
+gc.collect()
+raw = bytearray(len(head) + %d * len(line) + len(tail))  # the request, in one piece as the MQTT layer has it
+mv = memoryview(raw)
+mv[:len(head)] = head
+at = len(head)
+while at < len(raw) - len(tail):
+    mv[at:at + len(line)] = line
+    at += len(line)
+mv[at:] = tail
+mv = None
+store = certstore.Store(%r)
+before = store.status()
+gc.collect()
+free = gc.mem_free()
+status, body = rootupdate.handle(store, raw)
+print(json.dumps([len(raw), free, status, body, store.status() == before]))
+"""
+
+
+def test_an_oversized_push_is_refused_by_its_size_before_it_is_parsed(run_mp, tmp_path, cas):
+    # A ~100 KB request (a bundle far over the store's 16 KB) in a heap that holds it but could not hold
+    # the PEM text parsing it would make: refused for its size, not for want of memory; nothing changes.
+    ca1, _ = cas
+    d = provisioned(tmp_path, ca1.cert_pem.bytes())
+    before = tree(d)
+    root = make_cert("Bundle Root")
+    line = json.dumps(root.pem.decode())[1:-1].encode()  # one root as it stands in the JSON string
+    copies = 100 * 1024 // len(line) + 1
+    head, tail = b'{"pem": "', b'", "sha256": "%s"}' % sha(root.pem * copies).encode()
+    size, free, status, body, unchanged = mp_json(
+        run_mp, OVERSIZED % (line, head, tail, copies, str(d)), mpy=True, heapsize="160K")
+    assert size > 100 * 1024 and free < size  # no room for the text a parse would make
+    assert status == 400 and body["status"] == "refused", body
+    assert body["message"] == "root certificate payload is %d bytes, more than the limit of %d" % (
+        size, 2 * 16384 + 256), body
+    assert unchanged and tree(d) == before

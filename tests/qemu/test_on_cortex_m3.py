@@ -27,6 +27,7 @@ from test_crypto import (  # noqa: F401
     test_rfc4231_vectors_on_the_unix_port as test_rfc4231_vectors,
 )
 from test_rootupdate import (  # noqa: F401
+    test_an_oversized_push_is_refused_by_its_size_before_it_is_parsed,
     test_bad_pushes_are_refused_and_the_active_set_is_untouched,
     test_pem_and_der_payloads_are_staged_with_a_clear_reply,
     test_root_certs_report_and_expiry_watch,
