@@ -4,7 +4,6 @@
 # the tests run this file on the unix port with stand-ins that model their failures.
 # The join/retry/NTP logic is shared with the other boards (iothub.station); this file keeps
 # what is this board's own: its radio's status codes, LED, watchdog and sensor.
-import time
 
 from iothub import station
 
@@ -70,37 +69,12 @@ def led(on):
     _led[0].value(1 if on else 0)
 
 
-class _Watchdog:
-    """A watchdog longer than the hardware's 8.3 s: a timer keeps feeding the hardware one
-    only while the application has fed this one within `timeout_ms`."""
-
-    def __init__(self, machine, timeout_ms):
-        self._timeout = timeout_ms
-        self._last = time.ticks_ms()
-        self._wdt = machine.WDT(timeout=min(timeout_ms, HW_WDT_MAX_MS))
-        self._timer = machine.Timer(period=min(timeout_ms, HW_WDT_MAX_MS) // 4, callback=self._tick)
-
-    def _tick(self, _timer):
-        if time.ticks_diff(time.ticks_ms(), self._last) < self._timeout:
-            self._wdt.feed()
-
-    def feed(self):
-        self._last = time.ticks_ms()
-        self._wdt.feed()
-
-
 def watchdog(timeout_ms):
-    machine = _hw("machine")
-    if timeout_ms <= HW_WDT_MAX_MS:
-        return machine.WDT(timeout=timeout_ms)
-    return _Watchdog(machine, timeout_ms)
+    return station.watchdog(_hw("machine"), timeout_ms, HW_WDT_MAX_MS)
 
 
 def read_sensor():
-    # ADC channel 4 is the RP2040's internal sensor: 0.706 V at 27 C, -1.721 mV per degree.
-    adc = _hw("machine").ADC(4)
-    volts = adc.read_u16() * 3.3 / 65535
-    return 27 - (volts - 0.706) / 0.001721
+    return station.rp2040_temperature(_hw("machine"))
 
 
 def reset():

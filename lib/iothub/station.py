@@ -1,6 +1,7 @@
-# Wi-Fi station and NTP logic shared by the board modules (boards/esp32, boards/rp2_pico_w).
+# Network, clock and chip logic shared by the board modules (boards/esp32, boards/rp2_pico_w,
+# boards/rp2_pico_ppp): Wi-Fi join, NTP, a watchdog longer than the hardware's, the RP2040's sensor.
 # What differs per board, how its radio reports progress, comes in as a function; the hardware
-# modules (network, ntptime) come in as arguments, so tests can hand in stand-ins.
+# modules (network, ntptime, machine) come in as arguments, so tests can hand in stand-ins.
 import time
 
 JOINED = "joined"  # what a board's state function returns once it has an address
@@ -90,3 +91,34 @@ def set_time(ntptime, servers, retries, backoff_ms):
             except (OSError, OverflowError, IndexError, ValueError):
                 pass  # unreachable, timed out or a short reply: next server
     raise TimeError("no answer from %s" % ", ".join(servers))
+
+
+class Watchdog:
+    """A watchdog longer than the hardware's (the RP2040's counts at most ~8.3 s): a timer keeps
+    feeding the hardware one only while the application has fed this one within `timeout_ms`."""
+
+    def __init__(self, machine, timeout_ms, hw_max_ms):
+        self._timeout = timeout_ms
+        self._last = time.ticks_ms()
+        self._wdt = machine.WDT(timeout=min(timeout_ms, hw_max_ms))
+        self._timer = machine.Timer(period=min(timeout_ms, hw_max_ms) // 4, callback=self._tick)
+
+    def _tick(self, _timer):
+        if time.ticks_diff(time.ticks_ms(), self._last) < self._timeout:
+            self._wdt.feed()
+
+    def feed(self):
+        self._last = time.ticks_ms()
+        self._wdt.feed()
+
+
+def watchdog(machine, timeout_ms, hw_max_ms):
+    if timeout_ms <= hw_max_ms:
+        return machine.WDT(timeout=timeout_ms)
+    return Watchdog(machine, timeout_ms, hw_max_ms)
+
+
+def rp2040_temperature(machine):
+    # ADC channel 4 is the RP2040's internal sensor: 0.706 V at 27 C, -1.721 mV per degree.
+    volts = machine.ADC(4).read_u16() * 3.3 / 65535
+    return 27 - (volts - 0.706) / 0.001721
