@@ -33,11 +33,14 @@ def start():
     from iothub.session import Session
 
     wifi = cfg.get("wifi")
+    ssid = wifi["ssid"] if wifi else None
     wifi_pw = secrets.get("wifi_password") or ""
+    # A Wi-Fi board joins only with an SSID; a board whose link needs none (PPP) always brings it up.
+    link = wifi or not getattr(board, "NEEDS_SSID", True)
 
     def net():
-        if wifi and not board.network_ok():
-            board.connect_network(wifi["ssid"], wifi_pw)
+        if link and not board.network_ok():
+            board.connect_network(ssid, wifi_pw)
 
     def set_clock():
         board.set_time(cfg["ntp"])
