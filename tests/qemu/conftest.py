@@ -12,35 +12,14 @@ of parametrized tests are left out here; `env` and `path_extra` have no meaning 
 refused.
 """
 import pathlib
-import subprocess
 import sys
-import time
 
 import pytest
 
 from qemuboard import ELF, UNAVAILABLE, QemuBoard
+from rawboard import deselect_mpy_variants
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "lib"))  # tests/lib's modules
-
-HEAP_CAP = """
-import gc
-gc.collect()
-_room = bytearray(%d - 32)  # the heap the code will have, in one piece (32: the object itself, rounding)
-_ballast, _n = [], gc.mem_free()
-while _n >= 64:  # then everything else: the largest pieces that fit first
-    try:
-        _ballast.append(bytearray(_n - 32))
-        _n = gc.mem_free()
-    except MemoryError:
-        _n //= 2
-_room = None
-gc.collect()
-"""
-
-
-def _bytes(size):
-    size = str(size).upper()
-    return int(size[:-1]) * {"K": 1024, "M": 1024 * 1024}[size[-1]] if size[-1] in "KM" else int(size)
 
 
 @pytest.fixture(scope="session")
@@ -60,22 +39,10 @@ def run_mp(qemu_elf, tmp_path):
         size = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink())
         with QemuBoard(qemu_elf) as board:
             board.mount_ram_disk(max(128, size * 3 // 2048 + 96))  # KB: room for littlefs's metadata
-            board.upload(tmp_path)
-            board.run("import time\ntime.set(%d)" % int(time.time()))
-            if heapsize:
-                board.run(HEAP_CAP % _bytes(heapsize))
-            out, err = board.exec(code, timeout)
-            board.run("_ballast = None\nimport gc\ngc.collect()")
-            board.download(tmp_path)
-        return subprocess.CompletedProcess(["qemu-system-arm", str(qemu_elf)], 1 if err else 0, out, err)
+            return board.run_test_code(tmp_path, code, heapsize, timeout, "import time\ntime.set(%d)")
 
     return run
 
 
 def pytest_collection_modifyitems(config, items):
-    here = pathlib.Path(__file__).resolve().parent
-    moot = [i for i in items if here in pathlib.Path(str(i.fspath)).parents
-            and getattr(i, "callspec", None) and i.callspec.params.get("mpy") is True]
-    if moot:
-        config.hook.pytest_deselected(items=moot)
-        items[:] = [i for i in items if i not in moot]
+    deselect_mpy_variants(config, items, pathlib.Path(__file__).resolve().parent)

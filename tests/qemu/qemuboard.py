@@ -2,9 +2,6 @@
 running build/qemu/firmware.elf (tools/setup/qemu.sh), its UART on this process's pipes, code sent
 through the raw REPL as mpremote does. The device package is frozen in its flash; a RAM disk (littlefs
 on a block device in the Python heap) mounted at / holds what the tests put there."""
-import base64
-import hashlib
-import json
 import os
 import pathlib
 import select
@@ -12,13 +9,13 @@ import subprocess
 import time
 
 from upyhub.bench._blockdev import RAM_FLASH
-from upyhub.mpr import WALK
+
+from rawboard import BoardError, BoardFiles
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ELF = ROOT / "build" / "qemu" / "firmware.elf"
 UNAVAILABLE = ROOT / "build" / "qemu" / "UNAVAILABLE"
 STANDINS = pathlib.Path(__file__).resolve().parent / "standins"
-CHUNK = 12288  # bytes of a file per raw-REPL command
 
 # The RAM disk: littlefs on 512-byte blocks (as tests/flashimage.py's image) in the heap, mounted at /.
 RAMDISK = RAM_FLASH + """
@@ -30,23 +27,8 @@ os.mkdir("/lib")
 sys.path.append("/lib")
 """
 
-# Every file below a folder with its SHA-256 (upyhub.mpr's board-side walk), folders ending in "/".
-LIST = WALK + """
-import json
-_all = []
-try:
-    _walk(%r, _all)
-except OSError:
-    _all = None
-print(json.dumps(None if _all is None else {p: "" if p.endswith("/") else _h(p) for p in _all}))
-"""
 
-
-class BoardError(Exception):
-    pass
-
-
-class QemuBoard:
+class QemuBoard(BoardFiles):
     def __init__(self, elf=ELF, boot_timeout=60):
         self.proc = subprocess.Popen(
             ["qemu-system-arm", "-machine", "mps2-an385", "-nographic", "-monitor", "none", "-semihosting",
@@ -96,60 +78,6 @@ class QemuBoard:
         self.run(RAMDISK % (kb * 2))
         for p in sorted(STANDINS.glob("*.py")):
             self.put("/lib/" + p.name, p.read_bytes())
-
-    def put(self, path, data):
-        self.run("_f = open(%r, 'wb')" % path)
-        for i in range(0, len(data), CHUNK):
-            self.run("import binascii\n_f.write(binascii.a2b_base64(%r))" % base64.b64encode(data[i:i + CHUNK]).decode())
-        self.run("_f.close()\ndel _f")
-
-    def get(self, path):
-        out = bytearray()
-        self.run("_f = open(%r, 'rb')" % path)
-        while True:
-            text = self.run("import binascii\nprint(binascii.b2a_base64(_f.read(%d), newline=False).decode())" % CHUNK)
-            chunk = base64.b64decode(text.strip())
-            if not chunk:
-                break
-            out += chunk
-        self.run("_f.close()\ndel _f")
-        return bytes(out)
-
-    def mkdirs(self, path):
-        self.run("import os\n_p = ''\nfor _n in %r.strip('/').split('/'):\n    _p += '/' + _n\n    try:\n"
-                 "        os.mkdir(_p)\n    except OSError:\n        pass" % path)
-
-    def upload(self, folder):
-        """Copy a host folder (every file and folder below it) to the same path on the RAM disk."""
-        folder = pathlib.Path(folder)
-        self.mkdirs(str(folder))
-        for p in sorted(folder.rglob("*")):
-            if p.is_symlink():
-                continue
-            if p.is_dir():
-                self.mkdirs(str(p))
-            elif p.is_file():
-                self.put(str(p), p.read_bytes())
-
-    def download(self, folder):
-        """Make the host folder what the board's copy became: changed and new files written, removed ones removed."""
-        folder = pathlib.Path(folder)
-        seen = json.loads(self.run(LIST % str(folder)).strip().splitlines()[-1])
-        if seen is None:
-            return
-        for p, digest in sorted(seen.items()):
-            host = pathlib.Path(p)
-            if p.endswith("/"):
-                host.mkdir(parents=True, exist_ok=True)
-            elif not host.is_file() or hashlib.sha256(host.read_bytes()).hexdigest() != digest:
-                host.write_bytes(self.get(p))
-        for p in sorted(folder.rglob("*"), reverse=True):
-            if p.is_symlink() or (str(p) + "/" if p.is_dir() else str(p)) in seen:
-                continue
-            if p.is_dir():
-                p.rmdir()
-            else:
-                p.unlink()
 
     def close(self):
         if self.proc.poll() is None:
