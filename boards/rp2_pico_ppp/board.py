@@ -137,6 +137,8 @@ class _Sntp:
         secs = struct.unpack("!I", reply[40:44])[0]
         if not secs:
             raise ValueError("no transmit time")
+        if not secs & 0x80000000:
+            secs += 0x100000000  # RFC 4330 section 3: top bit clear, the era from 2036-02-07 (not 1900)
         tm = time.gmtime(secs - NTP_DELTA)
         _hw("machine").RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
 

@@ -1,46 +1,18 @@
 """boards/esp32 and boards/rp2_pico_w on the unix port, with the hardware replaced by the
 stand-ins in tests/boards/standins/ (they model an absent AP, a wrong key, a DHCP server that
-never answers, NTP that cannot be reached). Checked as source and compiled (.mpy, 64K heap)."""
-import json
-import pathlib
-import subprocess
-import sys
-
+never answers, NTP that cannot be reached). Checked as source and compiled (.mpy, 64K heap). The RP2040's
+watchdog and sensor tests run on boards/rp2_pico_ppp too; its PPP link: test_ppp_board.py."""
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-STANDINS = str(ROOT / "tests" / "boards" / "standins")
-BOARDS = {"esp32": "esp32", "rp2_pico_w": "rp2"}  # board -> the stand-in network flavour
+from boardrun import ROOT, run_board
+
+BOARDS = ("esp32", "rp2_pico_w")  # the Wi-Fi boards (boards/rp2_pico_ppp: test_ppp_board.py)
+RP2_BOARDS = ("rp2_pico_w", "rp2_pico_ppp")  # the RP2040's watchdog and sensor, through iothub.station
 
 
-@pytest.fixture(params=sorted(BOARDS))
+@pytest.fixture(params=BOARDS)
 def board(request):
     return request.param
-
-
-@pytest.fixture(scope="session")
-def compiled(tmp_path_factory):
-    """Each board module compiled by mpy-cross (bytecode: loads on the unix port too)."""
-    out = {}
-    for name in BOARDS:
-        d = tmp_path_factory.mktemp("mpy-" + name)
-        subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(d / "board.mpy"),
-                        str(ROOT / "boards" / name / "board.py")], check=True)
-        out[name] = str(d)
-    return out
-
-
-def run_board(run_mp, board, body, *, mpy=False, compiled=None, heapsize=None):
-    """Run `body` with `board`, the stand-ins and fast retry pauses; returns the JSON it prints last."""
-    board_dir = compiled[board] if mpy else str(ROOT / "boards" / board)
-    code = ("import json, time, network, ntptime, machine\n"
-            "network.use(%r)\n"
-            "import board\n"
-            "board.BACKOFF_MS = 5\n"
-            "board._POLL_MS = 5\n" % BOARDS[board]) + body
-    proc = run_mp(code, mpy=mpy, heapsize=heapsize, path_extra=(STANDINS, board_dir))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 CONNECT = """
@@ -163,8 +135,9 @@ print(json.dumps([[w.timeout, w.feeds] for w in machine.WDTS]))
     assert r == [[120000, 1]]
 
 
-def test_rp2_watchdog_beyond_the_hardware_limit(run_mp):
-    r = run_board(run_mp, "rp2_pico_w", """
+@pytest.mark.parametrize("rp2_board", RP2_BOARDS)
+def test_rp2_watchdog_beyond_the_hardware_limit(run_mp, rp2_board):
+    r = run_board(run_mp, rp2_board, """
 machine.WDT_MAX_MS = 8388
 short = board.watchdog(5000)
 dog = board.watchdog(120000)
@@ -197,9 +170,10 @@ print(json.dumps([new, old]))
     assert abs(r[1] - 50.0) < 1e-6
 
 
-def test_rp2_sensor(run_mp):
+@pytest.mark.parametrize("rp2_board", RP2_BOARDS)
+def test_rp2_sensor(run_mp, rp2_board):
     # 0.706 V is 27 C; each degree warmer is 1.721 mV less.
-    r = run_board(run_mp, "rp2_pico_w", """
+    r = run_board(run_mp, rp2_board, """
 machine.ADC_U16[4] = int(0.706 / 3.3 * 65535 + 0.5)
 a = board.read_sensor()
 machine.ADC_U16[4] = int((0.706 - 10 * 0.001721) / 3.3 * 65535 + 0.5)
@@ -231,7 +205,7 @@ def test_interface_matches_the_contract():
     """The names contracts.md lists, in every board module (unix included)."""
     names = ("NAME", "NetworkError", "TimeError", "connect_network", "network_ok", "set_time", "led", "watchdog",
              "read_sensor", "reset", "flash_root")
-    for d in ("unix", "esp32", "rp2_pico_w"):
+    for d in ("unix", "esp32", "rp2_pico_w", "rp2_pico_ppp"):
         src = (ROOT / "boards" / d / "board.py").read_text()
         for name in names:
             assert ("def %s(" % name in src) or ("class %s(" % name in src) or ("%s = " % name in src), (d, name)

@@ -7,6 +7,16 @@
 #   "silent"          nothing ever answers
 #   "refused"         connect() itself raises OSError (driver busy)
 # LOG records the calls. use("esp32") / use("rp2") switches the status codes to that port's.
+# PPP models MicroPython 1.25's network.PPP (extmod/network_ppp_lwip.c) with the same SCENARIO, LOG and
+# BROKEN; each connect() takes the next outcome:
+#   "ok"           the link comes up (connected)
+#   "silent"       the peer never answers: connecting for ever
+#   "auth-failed"  the peer refuses the PAP credentials  (status() -7, PPPERR_AUTHFAIL)
+#   "peer-gone"    the peer stops answering LCP echoes   (-9, PPPERR_PEERDEAD)
+#   "link-down"    the peer ends the link                (-6, PPPERR_CONNECT)
+#   "protocol"     negotiation fails                     (-8, PPPERR_PROTOCOL)
+#   "refused"      connect() itself raises OSError ("ppp_connect failed": lwIP still closing)
+# drop() ends every established link later (peer dead, or another reason's code).
 import time
 
 STA_IF = 0
@@ -33,8 +43,12 @@ def use(flavour):
 use("esp32")
 
 
+def _joined_since(since):
+    return time.ticks_diff(time.ticks_ms(), since) >= JOIN_MS
+
+
 def _joined():
-    return time.ticks_diff(time.ticks_ms(), _state["since"]) >= JOIN_MS
+    return _joined_since(_state["since"])
 
 
 class WLAN:
@@ -89,3 +103,71 @@ class WLAN:
 
     def ifconfig(self):
         return ("10.0.0.7" if self.isconnected() else "0.0.0.0", "255.255.255.0", "10.0.0.1", "10.0.0.1")
+
+
+_PPP_ERRORS = {"link-down": 6, "auth-failed": 7, "protocol": 8, "peer-gone": 9}  # lwIP's PPPERR_*
+_PPP_INACTIVE, _PPP_ACTIVE, _PPP_ERROR, _PPP_CONNECTING, _PPP_CONNECTED = 0, 1, 2, 3, 4
+_links = []  # every PPP made, for drop()
+
+
+def drop(outcome="peer-gone"):
+    """The established links fail now, as lwIP reports it (status() minus the PPPERR code)."""
+    for link in _links:
+        if link.isconnected():
+            link._state, link._err = _PPP_ERROR, _PPP_ERRORS[outcome]
+
+
+class PPP:
+    SEC_NONE = 0
+    SEC_PAP = 1
+    SEC_CHAP = 2
+
+    def __init__(self, stream):
+        if BROKEN:
+            raise OSError(19)  # ENODEV
+        if not (hasattr(stream, "read") and hasattr(stream, "write")):
+            raise TypeError("stream operation not supported")
+        LOG.append(("PPP",))
+        self.stream = stream
+        self._state, self._err, self._outcome, self._since = _PPP_INACTIVE, 0, None, 0
+        _links.append(self)
+
+    def _settle(self):
+        if self._state == _PPP_CONNECTING and self._outcome != "silent" and _joined_since(self._since):
+            if self._outcome == "ok":
+                self._state = _PPP_CONNECTED
+            else:
+                self._state, self._err = _PPP_ERROR, _PPP_ERRORS[self._outcome]
+
+    def connect(self, *, security=0, user=None, key=None):
+        outcome = SCENARIO.pop(0) if SCENARIO else "ok"
+        LOG.append(("connect", security, user, key))
+        self._settle()
+        if self._state == _PPP_INACTIVE:
+            self._state = _PPP_ACTIVE  # pppos_create
+        if self._state in (_PPP_CONNECTING, _PPP_CONNECTED):
+            raise OSError(114)  # EALREADY
+        if security not in (PPP.SEC_NONE, PPP.SEC_PAP, PPP.SEC_CHAP):
+            raise ValueError("invalid auth")
+        if security != PPP.SEC_NONE and not (isinstance(user, str) and isinstance(key, str)):
+            raise TypeError("can't convert NoneType to str")
+        if outcome == "refused":
+            raise OSError("ppp_connect failed")
+        self._state, self._err, self._outcome, self._since = _PPP_CONNECTING, 0, outcome, time.ticks_ms()
+
+    def status(self):
+        self._settle()
+        return -self._err if self._state == _PPP_ERROR else self._state
+
+    def isconnected(self):
+        self._settle()
+        return self._state == _PPP_CONNECTED
+
+    def disconnect(self):
+        LOG.append(("disconnect",))
+        if self._state in (_PPP_CONNECTING, _PPP_CONNECTED):
+            self._state = _PPP_INACTIVE  # LCP terminate, then lwIP frees the state (PPPERR_USER)
+
+    def __del__(self):
+        LOG.append(("del",))
+        self._state, self._err, self._outcome = _PPP_INACTIVE, 0, None  # ppp_close(nocarrier) + ppp_free
