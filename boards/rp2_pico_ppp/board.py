@@ -26,7 +26,12 @@ NEEDS_SSID = False
 TLS_ROOM = (16384 + 1024, 6144)
 UART_ID = 0
 BAUDRATE = 115200
-RXBUF = 1024  # bytes the UART driver holds between PPP polls (a PPP frame is up to 1500)
+RXBUF = 1024  # bytes the UART driver holds between PPP polls (with RTS/CTS the modem waits when it is full)
+# Bytes of PPP frames the UART driver holds while they go out: more than lwIP can have in flight
+# (mpconfigboard.h: 2 x 536-byte segments, twice with a retransmission, framing and escapes), so a write never
+# waits. A waiting write runs MicroPython's pending callbacks, PPP's input among them, inside lwIP's output:
+# the board hangs in tcp_output (MicroPython 1.25's network.PPP; found on the emulated Pico).
+TXBUF = 4096
 BACKOFF_MS = 1000  # first pause between attempts; doubles, capped at 8 s
 HW_WDT_MAX_MS = 8000
 NTP_DELTA = 2208988800  # seconds from 1900 (NTP's epoch) to 1970 (the board's)
@@ -51,7 +56,7 @@ def _link():
     if not _ppp:
         network, machine = _hw("network"), _hw("machine")
         try:
-            uart = machine.UART(UART_ID, baudrate=BAUDRATE, rxbuf=RXBUF,
+            uart = machine.UART(UART_ID, baudrate=BAUDRATE, rxbuf=RXBUF, txbuf=TXBUF,
                                 flow=machine.UART.RTS | machine.UART.CTS)
             _ppp.append(network.PPP(uart))
         except (AttributeError, TypeError, ValueError, OSError):
