@@ -112,6 +112,7 @@ let powered = false;
 let stallUntil = 0; // emulated ns: the core is stalled in a flash operation until then
 let wallStart = 0; // ms, performance.now() at power-on
 let pendingReset = null;
+let resetAt = null;
 let timer = null;
 let scheduled = false;
 
@@ -430,6 +431,7 @@ function powerOn(why) {
   const wd = mcu.peripherals[0x40058];
   wd.onWatchdogTrigger = () => {
     pendingReset = 'watchdog';
+    resetAt = { pc: mcu.core.PC >>> 0, lr: mcu.core.LR >>> 0 }; // where the code was: for the event
     wd.alarm.enable = false; // it would fire again at once, forever: the reset ends it
   };
   hooks = hookRom(mcu);
@@ -506,7 +508,8 @@ function run() {
       const why = pendingReset;
       pendingReset = null;
       powerOff(why);
-      emit({ event: 'reset', why });
+      emit(Object.assign({ event: 'reset', why }, resetAt || {}));
+      resetAt = null;
       powerOn(why);
       return;
     }
