@@ -199,7 +199,8 @@ async def _serve(pki, hostname, registry, addresses, ready, pending_per_address,
     # whole or absent: tools poll for this file and read it as soon as it exists
     write_atomic(registry.data_dir / "serve.json",
                  json.dumps(dict(ports, hostname=hostname, host=bind, pid=os.getpid(), dps_host=dps_bind,
-                                 dps_hostname=pki.dps_hostname, id_scope=id_scope)).encode())
+                                 dps_hostname=pki.dps_hostname, id_scope=id_scope,
+                                 handshake_timeout=handshake_timeout)).encode())
 
     sweeper = asyncio.ensure_future(hub.sweep())
     stop = asyncio.Event()
