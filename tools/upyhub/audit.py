@@ -10,7 +10,9 @@ facts into findings (RULES lists them):
             connection string or policy token in any file; WebREPL configured or started anywhere;
             the device key or Wi-Fi password in any file but secrets.json; roots missing, expired or
             expiring within the warning window; CERT_NONE/CERT_OPTIONAL anywhere, or verify_mode set
-            to anything but CERT_REQUIRED; firmware that does not match this checkout's build (--board)
+            to anything but CERT_REQUIRED; firmware that does not match this checkout's build (--board;
+            with the package frozen in: boot.py and main.py, and no module at the flash's root that would run
+            instead of a frozen one)
   warning   the board's clock is not set; a file that could not be read
 `audit(port)` returns a Result (findings, what was checked); the CLI exits 1 when one is critical.
 """
@@ -20,7 +22,7 @@ import json
 
 from upyhub import build, certs, mpr
 
-INSPECT = mpr.WALK + r"""
+INSPECT = mpr.WALK + mpr.FROZEN + r"""
 import json, time, re
 def _rd(p, n=131072):
     try:
@@ -114,6 +116,7 @@ _cd = _cfg.get('certs_dir', 'certs') if isinstance(_cfg, dict) else 'certs'
 _roots = _rd('/' + str(_cd).strip('/') + '/active/roots.pem')
 A['roots'] = _roots.decode() if _roots and _roots[:1] != b'0' else (binascii.b2a_base64(_roots).decode() if _roots else None)
 A['roots_der'] = bool(_roots) and _roots[:1] == b'0'
+A['frozen'] = _frozen()
 A['year'] = time.gmtime()[0]
 A['now'] = time.time()
 print('UPYHUB-AUDIT ' + json.dumps(A))
@@ -258,23 +261,38 @@ def _roots_findings(facts, cfg, now):
     return out
 
 
+# Names that, as files at the flash's root (the first entry of a board's sys.path, ''), would run instead of the
+# frozen firmware's own modules.
+FROZEN_NAMES = ("iothub", "umqtt", "board")
+
+
 def _firmware_findings(facts, board):
     import pathlib
     import tempfile
 
+    frozen = facts.get("frozen") is True
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = pathlib.Path(tmp) / "tree"
         build.build(board, out_dir, quiet=True)
+        if frozen:  # the package is in the firmware: the flash holds boot.py and main.py
+            out_dir = build.frozen_tree(pathlib.Path(tmp) / "frozen")
         want = {"/" + p.relative_to(out_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in out_dir.rglob("*") if p.is_file()}
     have = facts.get("files", {})
     differ = sorted(p for p, h in want.items() if have.get(p) != h)
-    extra = sorted(p for p in have if p.startswith("/lib/") and p not in want)
+    extra = sorted(p for p in have if p.startswith("/lib/") and p not in want and not frozen)
+    out = []
     if differ or extra:
         what = differ[:3] + extra[:3]
-        return [Finding("critical", "firmware-mismatch", "the firmware does not match this checkout's %s build: %s"
-                        % (board, ", ".join(what) + (" ..." if len(differ) + len(extra) > len(what) else "")))]
-    return []
+        out.append(Finding("critical", "firmware-mismatch", "the firmware does not match this checkout's %s build: %s"
+                           % (board, ", ".join(what) + (" ..." if len(differ) + len(extra) > len(what) else ""))))
+    if frozen:
+        shadows = sorted(p for p in have if p.lstrip("/").split("/")[0].rsplit(".", 1)[0] in FROZEN_NAMES
+                         and (p.count("/") > 1 or p.endswith((".py", ".mpy"))))
+        if shadows:
+            out.append(Finding("critical", "firmware-mismatch", "%s on the flash would run instead of the firmware's "
+                               "frozen modules (the flash's root comes first on sys.path)" % ", ".join(shadows[:3])))
+    return out
 
 
 def report(found, checked=None, port=None):

@@ -21,6 +21,7 @@ BOARDS = {
     "unix": None,
     "esp32": "xtensawin",
     "rp2_pico_w": "armv6m",
+    "rp2_pico_ppp": "armv6m",
 }
 SOURCE_ONLY = ("boot.py", "main.py")
 # mpy-cross's optimisation level, chosen by measurement (`python -m upyhub.bench footprint`, README

@@ -34,10 +34,28 @@ def _walk(p, out):
             out.append(q)
 """
 
+# Board-side: is the device package frozen into the firmware? Its modules then have no file (__file__ is
+# relative). Only frozen code runs to find out: sys.path holds nothing but the frozen modules meanwhile.
+FROZEN = r"""
+def _frozen():
+    import sys
+    m = sys.modules.get('iothub')
+    if m is None:
+        p = sys.path[:]
+        sys.path[:] = ['.frozen']
+        try:
+            import iothub as m
+        except ImportError:
+            m = None
+        sys.path[:] = p
+    return m is not None and not getattr(m, '__file__', '/').startswith('/')
+"""
+
 # Run on the board: the whole filesystem with [SHA-256, size] of each file (folders end in /), free space, what the
-# secrets file holds as key names plus the SHA-256 of the device key and the Wi-Fi password (they stay there), and
-# what the board is (sys.platform, sys.implementation's name and machine).
-SNAPSHOT = WALK + r"""
+# secrets file holds as key names plus the SHA-256 of the device key and the Wi-Fi password (they stay there),
+# what the board is (sys.platform, sys.implementation's name and machine) and whether its firmware has the device
+# package frozen in (only frozen code runs to find out).
+SNAPSHOT = WALK + FROZEN + r"""
 import json
 _all = []
 _walk('/', _all)
@@ -67,6 +85,7 @@ try:
 except Exception:
     _snap['config'] = None
 import sys
+_snap['frozen'] = _frozen()
 _snap['platform'] = sys.platform
 _snap['implementation'] = [sys.implementation.name, getattr(sys.implementation, '_machine', '')]
 print('UPYHUB-SNAP ' + json.dumps(_snap))

@@ -42,13 +42,16 @@ class Options:
 
     def __init__(self, port, device_id, hub_cs, board="esp32", hub_ca=None, gateway=None, https_port=443,
                  mqtt_port=8883, roots=None, wifi_ssid=None, wifi_password=None, group_key=None, rotate=False,
-                 reset=True, timeout=120, ntp=("pool.ntp.org",), telemetry_interval=10, force=False, remove_old=False):
+                 reset=True, timeout=120, ntp=("pool.ntp.org",), telemetry_interval=10, force=False, remove_old=False,
+                 device_gateway=None):
         self.port, self.device_id, self.hub_cs, self.board = port, device_id, hub_cs, board
         self.force, self.remove_old = force or remove_old, remove_old
         self.hub_ca, self.gateway, self.https_port, self.mqtt_port = hub_ca, gateway, https_port, mqtt_port
         self.roots, self.wifi_ssid, self.wifi_password = roots, wifi_ssid, wifi_password
         self.group_key, self.rotate, self.reset, self.timeout = group_key, rotate, reset, timeout
         self.ntp, self.telemetry_interval = list(ntp), telemetry_interval
+        # where the board itself reaches the hub, when not where this host does (a board behind a modem)
+        self.device_gateway = device_gateway
 
 
 def _sha(data):
@@ -59,11 +62,14 @@ def _key_sha(key):
     return _sha(key.encode())
 
 
-def device_tree(board):
-    """{flash path: bytes} of the compiled firmware for `board` (built fresh, checked)."""
+def device_tree(board, frozen=False):
+    """{flash path: bytes} of the firmware files for `board` (built fresh, checked). frozen: the board's firmware
+    has the device package frozen in, so its flash holds only boot.py and main.py (build.frozen_tree)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "tree"
         build.build(board, out, quiet=True)
+        if frozen:
+            out = build.frozen_tree(pathlib.Path(tmp) / "frozen")
         return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
@@ -81,8 +87,8 @@ def fresh_cert_store(roots, certs_dir="certs"):
 def make_config(opts, hostname):
     cfg = {"hostname": hostname, "device_id": opts.device_id, "port": opts.mqtt_port, "auth": "sas",
            "certs_dir": "certs", "ntp": opts.ntp, "telemetry_interval": opts.telemetry_interval}
-    if opts.gateway:
-        cfg["gateway"] = opts.gateway
+    if opts.device_gateway or opts.gateway:
+        cfg["gateway"] = opts.device_gateway or opts.gateway
     if opts.wifi_ssid:
         cfg["wifi"] = {"ssid": opts.wifi_ssid}
     return cfg
@@ -205,7 +211,8 @@ def _default_ca():
 
 
 # --board -> (sys.platform, text sys.implementation._machine must hold): what the board itself must report.
-PLATFORMS = {"unix": ("linux", ""), "esp32": ("esp32", ""), "rp2_pico_w": ("rp2", "Pico W")}
+PLATFORMS = {"unix": ("linux", ""), "esp32": ("esp32", ""), "rp2_pico_w": ("rp2", "Pico W"),
+             "rp2_pico_ppp": ("rp2", "PPP")}
 
 
 def check_board(snap, board, port):
@@ -226,10 +233,10 @@ def _open_board(opts, say):
     if certs.device_verdict(roots):
         raise UsageError("the root certificates would be refused by the device: %s" % certs.device_verdict(roots))
     board = mpr.Board(opts.port, opts.timeout)
-    tree = device_tree(opts.board)
     say("reading the board on %s" % opts.port)
     snap = board.snapshot()
     check_board(snap, opts.board, opts.port)
+    tree = device_tree(opts.board, frozen=snap.get("frozen") is True)
     return roots, board, tree, snap
 
 
@@ -440,6 +447,16 @@ def _write(board, stage, files, existing, atomic=()):
             f.unlink()
 
 
+# The store checks the roots' dates against the board's clock, which a board just powered on may not have yet
+# (a Pico has no RTC battery; NTP comes with main.py): set it from this host's, in UTC, when it is unset.
+_BOARD_CLOCK = """
+from iothub import clock
+if not clock.is_set():
+    import machine, time
+    _t = time.gmtime(%d - clock.epoch_offset())
+    machine.RTC().datetime((_t[0], _t[1], _t[2], _t[6] + 1, _t[3], _t[4], _t[5], 0))
+"""
+
 _INSTALL_ROOTS = """
 import os
 from iothub import certstore
@@ -454,16 +471,17 @@ print('UPYHUB-ROOTS ok')
 def _install_roots_on_board(board, stage, roots):
     local = stage / "roots"
     local.write_bytes(roots)
-    board.run("fs", "cp", str(local), ":/certs.incoming", "+", "exec", _INSTALL_ROOTS)
+    board.run("fs", "cp", str(local), ":/certs.incoming", "+", "exec", _BOARD_CLOCK % int(time.time()) + _INSTALL_ROOTS)
     local.unlink()
 
 
+# The expiry is the host's: a board being provisioned may not have its clock set yet (a Pico has no RTC battery).
 _TOKEN = """
 import json
 from iothub import sas
 cfg = json.load(open('/config.json'))
 sec = json.load(open('/secrets.json'))
-print('UPYHUB-TOKEN ' + json.dumps(sas.device_token(cfg['hostname'], cfg['device_id'], sec['device_key'], expiry=%d)))
+print('UPYHUB-TOKEN ' + json.dumps(sas.token(cfg['hostname'] + '/devices/' + cfg['device_id'], sec['device_key'], %d)))
 """
 
 
@@ -596,8 +614,9 @@ class DpsOptions:
                  dps_port=8883, dps_gateway=None, hub_gateway=None, hub_port=8883, roots=None, wifi_ssid=None,
                  wifi_password=None,
                  group_key=None, enroll_data=None, reset=True, timeout=120, ntp=("pool.ntp.org",),
-                 telemetry_interval=10, force=False):
+                 telemetry_interval=10, force=False, device_gateway=None):
         self.port, self.registration_id, self.id_scope, self.board = port, registration_id, id_scope, board
+        self.device_gateway = device_gateway  # where the board reaches DPS and its hub, when not where this host does
         self.endpoint, self.dps_port, self.dps_gateway, self.hub_gateway = endpoint, dps_port, dps_gateway, hub_gateway
         self.hub_port = hub_port
         self.roots, self.wifi_ssid, self.wifi_password = roots, wifi_ssid, wifi_password
@@ -608,12 +627,12 @@ class DpsOptions:
 def dps_config(opts):
     d = {"id_scope": opts.id_scope, "registration_id": opts.registration_id, "endpoint": opts.endpoint,
          "port": opts.dps_port}
-    if opts.dps_gateway:
-        d["gateway"] = opts.dps_gateway
+    if opts.device_gateway or opts.dps_gateway:
+        d["gateway"] = opts.device_gateway or opts.dps_gateway
     cfg = {"dps": d, "auth": "sas", "certs_dir": "certs", "ntp": opts.ntp, "telemetry_interval": opts.telemetry_interval,
            "port": opts.hub_port}  # the assigned hub's MQTT port (8883 on Azure)
-    if opts.hub_gateway:
-        cfg["gateway"] = opts.hub_gateway
+    if opts.device_gateway or opts.hub_gateway:
+        cfg["gateway"] = opts.device_gateway or opts.hub_gateway
     if opts.wifi_ssid:
         cfg["wifi"] = {"ssid": opts.wifi_ssid}
     return cfg

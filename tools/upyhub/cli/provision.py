@@ -24,6 +24,12 @@ def register(sub):
     p.add_argument("--hub-cs-file", help="file with a policy connection string that has RegistryReadWrite")
     p.add_argument("--hub-ca", help="CA certificate(s) to check the hub's HTTPS service with (default: system)")
     p.add_argument("--gateway", help="address to connect to instead of the hub's hostname (TLS still checks it)")
+    p.add_argument("--device-gateway", metavar="ADDR",
+                   help="the address the board itself connects to (config.json's gateway), when it reaches the hub "
+                        "(and DPS) another way than this machine does (default: --gateway)")
+    p.add_argument("--ntp", action="append", metavar="SERVER",
+                   help="an NTP server the board sets its clock from (repeat for more; default: the firmware's, "
+                        "pool.ntp.org)")
     p.add_argument("--https-port", type=int, default=None, help="the hub's service API port (default 443)")
     p.add_argument("--mqtt-port", type=int, default=None, help="the hub's MQTT/TLS port for devices (default 8883)")
     p.add_argument("--roots", help="root certificates the board trusts (default: --hub-ca, else Azure's roots)")
@@ -81,7 +87,8 @@ def _options(args):
                              gateway=args.gateway, https_port=args.https_port, mqtt_port=args.mqtt_port, roots=roots,
                              wifi_ssid=args.wifi_ssid, wifi_password=pw, group_key=group, rotate=args.rotate_key,
                              reset=not args.no_reset, timeout=args.timeout, force=args.force,
-                             remove_old=args.remove_old)
+                             remove_old=args.remove_old, device_gateway=args.device_gateway,
+                             **({"ntp": args.ntp} if args.ntp else {}))
 
 
 def _say(msg):
@@ -121,7 +128,8 @@ def _dps_options(args):
         hub_gateway=args.gateway or (local.get("host") if args.data else None), roots=roots,
         hub_port=args.mqtt_port or (provision.local_hub(args.data)["mqtt_port"] if args.data else 8883),
         wifi_ssid=args.wifi_ssid, wifi_password=pw, group_key=group, enroll_data=args.data if args.enroll else None,
-        reset=not args.no_reset, timeout=args.timeout, force=args.force)
+        reset=not args.no_reset, timeout=args.timeout, force=args.force, device_gateway=args.device_gateway,
+        **({"ntp": args.ntp} if args.ntp else {}))
 
 
 def _dps_line(s):
