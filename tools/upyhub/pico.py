@@ -301,17 +301,27 @@ class Pico:
         return value
 
     def _keep(self, data):
-        if self.echo is not None:
-            try:
-                self.echo.write(data.decode(errors="replace").replace("\r\n", "\n"))
-                self.echo.flush()
-            except (OSError, ValueError):
-                self.echo = None
         with self._console_lock:
             self._console += data
             if len(self._console) > CONSOLE_LIMIT:
                 del self._console[:len(self._console) - CONSOLE_LIMIT]
             self._console_lock.notify_all()
+            if self.echo is not None:
+                self._echo(data)
+
+    def _echo(self, data):
+        try:
+            self.echo.write(data.decode(errors="replace").replace("\r\n", "\n"))
+            self.echo.flush()
+        except (OSError, ValueError):
+            self.echo = None
+
+    def follow(self, out, start=0):
+        """Copy what the board printed from console offset `start` to the text stream `out`, then everything it
+        prints from now on, in order."""
+        with self._console_lock:
+            self.echo = out
+            self._echo(bytes(self._console[start:]))
 
     def _has_client(self):
         p = select.poll()
@@ -503,6 +513,8 @@ class Pico:
                 continue
             if ev.get("event") == "boot":
                 self.boots += 1
+                with self._console_lock:
+                    ev["console"] = len(self._console)  # where this boot's output starts (USB comes up after)
             self.events.put(ev)
 
     def _answer_ntp(self):

@@ -17,6 +17,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import time
 
 from upyhub import certs, errors, files, paths, sandbox
 from upyhub.errors import UpyhubError, UsageError
@@ -290,3 +291,63 @@ def stop(proc, timeout=10):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+PICO_HANDSHAKE_S = 120  # the TLS deadline a hub serving the emulated Pico should give (hub serve --handshake-timeout)
+
+
+def run_pico(image, *, device_id=None, hub_data=".upyhub", link=None, out=None, timeout=180):
+    """The emulated Pico (upyhub.pico: the rp2 image on rp2040js) with the file `image` as its flash, its PPP modem
+    reaching the local hub of `hub_data` (MQTT and DPS, at 10.0.2.2 as the board sees them) and nothing else.
+    With a device id and a board that holds no config.json yet, it is provisioned first, through its serial port,
+    by `upyhub provision` (the hub registers it; the board gets its key, settings and roots); then it boots and
+    its console is shown until Ctrl-C. `link`: a symlink to its serial port. Returns 0."""
+    import sys
+
+    from upyhub import mpr, pico, ppplink, provision
+
+    out = out or sys.stdout
+    hostname, host, mqtt_port, service, _ = hub_info(hub_data)
+    info = json.loads((pathlib.Path(hub_data) / "serve.json").read_text())
+    ports = [p for p in (mqtt_port, info.get("dps_port")) if p]
+    board = pico.Pico(image, forward={p: (host, p) for p in ports})
+    try:
+        port = board.start()
+        if link:
+            tmp = str(link) + ".tmp"
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.symlink(port, tmp)
+            os.replace(tmp, link)
+        out.write("sim: emulated Pico on %s%s; flash %s\n" % (port, " (%s)" % link if link else "", image))
+        out.write("sim: its network: PPP to a private namespace that reaches only the hub's ports %s (at %s)\n"
+                  % (", ".join(map(str, ports)), ppplink.HOST_ALIAS))
+        deadline = info.get("handshake_timeout", 5)
+        if deadline < PICO_HANDSHAKE_S:
+            out.write("sim: warning: the hub drops a TLS handshake after %g s; the emulated Pico needs 10-30 s of wall "
+                      "time for one (1.6 s of its own): serve the hub with --handshake-timeout %d\n"
+                      % (deadline, PICO_HANDSHAKE_S))
+        start = 0
+        if device_id:
+            if mpr.Board(port, timeout).snapshot().get("config") is None:
+                local = provision.local_hub(hub_data)
+                opts = provision.Options(
+                    port, device_id, local["hub_cs"], board="rp2_pico_ppp", hub_ca=local["hub_ca"],
+                    gateway=local["gateway"], https_port=local["https_port"], mqtt_port=local["mqtt_port"],
+                    roots=pathlib.Path(local["hub_ca"]).read_bytes(), device_gateway=ppplink.HOST_ALIAS,
+                    ntp=[ppplink.HOST_ALIAS], timeout=timeout, reset=False)
+                summary = provision.provision(opts, say=lambda m: out.write("sim: provision: %s\n" % m))
+                out.write("sim: provisioned %s for device %s (hub: %s)\n" % (image, device_id, summary["hub"]))
+            while not board.events.empty():
+                board.events.get()
+            mpr.Board(port, timeout).run("reset")  # it boots main.py (mpremote's sessions stopped it)
+            start = board.wait_event("boot", 30)["console"]  # its log, not what the sessions before it printed
+        out.flush()
+        board.follow(out, start)  # from here on, what the board prints
+        while board.proc.poll() is None:
+            time.sleep(0.5)
+        raise UpyhubError("the emulated Pico stopped%s" % board._died())
+    finally:
+        board.close()
+        if link and os.path.islink(link) and os.readlink(link) == board.port:
+            os.unlink(link)
