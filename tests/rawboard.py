@@ -130,3 +130,13 @@ def deselect_mpy_variants(config, items, here):
     if moot:
         config.hook.pytest_deselected(items=moot)
         items[:] = [i for i in items if i not in moot]
+
+
+def check_heap_cap(run_mp):
+    """What the unix port's -X heapsize does, on a board through run_mp: 24 KB fit in a 32 KB heap, 40 KB do not."""
+    code = "import gc\ngc.collect()\nprint(gc.mem_free())\nx = bytearray(%d)\nprint('allocated')"
+    fits = run_mp(code % (24 * 1024), heapsize="32K")
+    assert fits.returncode == 0, fits.stderr
+    assert 28 * 1024 < int(fits.stdout.split()[0]) <= 34 * 1024  # 32 KB in one piece, crumbs of a few blocks
+    too_big = run_mp(code % (40 * 1024), heapsize="32K")
+    assert too_big.returncode == 1 and "MemoryError" in too_big.stderr and "allocated" not in too_big.stdout
