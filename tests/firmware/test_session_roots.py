@@ -48,6 +48,11 @@ def test_rotation_over_the_air(hub, tmp_path, device):  # noqa: F811
     bad = hub.service.invoke_method("rot-1", "updateRootCerts", {"pem": bundle.decode(), "sha256": "00" * 32},
                                     timeout=60)
     assert bad[0] == 400  # a set that does not match its digest never touches flash
+    huge = bundle * (40000 // len(bundle) + 1)  # over 2 x 16 KB of JSON: refused by its size, unparsed
+    status, body = hub.service.invoke_method("rot-1", "updateRootCerts",
+                                             {"pem": huge.decode(), "sha256": hashlib.sha256(huge).hexdigest()},
+                                             timeout=60)
+    assert status == 400 and "more than the limit of 33024" in body["message"], body
 
     hub.restart()  # the next TLS session tries the staged set and keeps it
     dev.wait_for(r"iothub: connected ", count=2, timeout=120)
