@@ -7,7 +7,8 @@
 #                 ends the link (PPPERR_PEERDEAD); network_ok() turns false, the session reconnects through
 #                 connect_network(), which dials again
 #   link down     the peer ends the link (LCP terminate, PPPERR_CONNECT): the same
-#   modem reset   a modem that resets answers a fresh negotiation: every dial starts from a new PPP state
+#   modem reset   a modem that resets answers a fresh negotiation: a dial after a dead link starts from a
+#                 new PPP state; one still being negotiated goes on until lwIP gives it up
 #   no answer     nothing answers a dial within timeout_s: NetworkError("timeout"), retried with backoff;
 #                 refused PAP credentials are NetworkError("auth-failed")
 # UART0 (GP0 TX, GP1 RX) with RTS/CTS flow control (GP3, GP2): a flash erase stops the CPU, interrupts off,
@@ -64,23 +65,36 @@ def _link():
     return _ppp[0]
 
 
+_CONNECTING = 3  # network.PPP.status() while a link is being negotiated
+
+
 def _forget(ppp):
-    # Drop lwIP's PPP state (as a modem's reset does): the next dial negotiates from scratch.
+    # Free a dead link's PPP state (an error, or a link never started), so the next dial starts afresh, as after
+    # a modem's reset. Never a link being negotiated: MicroPython 1.25's network.PPP leaks lwIP's only PPP
+    # control block when one is closed or freed mid-negotiation (its close callback sets the state inactive
+    # while lwIP still holds the block), and every later connect() then fails with "pppos_create failed" until
+    # the board resets (found on the emulated Pico: a dial while the modem was away).
     try:
-        ppp.__del__()
+        if ppp.status() not in (0, _CONNECTING):
+            ppp.__del__()
     except (AttributeError, OSError):
         pass
 
 
-def _dial(network, ppp, user, key, timeout_ms):
-    """None once the link is up, else the reason it is not."""
+def _dial(network, ppp, user, key):
+    """None once a negotiation is under way, else the reason none could start."""
     try:
         if user:
             ppp.connect(security=network.PPP.SEC_PAP, user=user, key=key or "")
         else:
             ppp.connect()
     except OSError:
-        return "timeout"  # the stack refused to start (still closing): try again
+        return "timeout"  # the stack refused to start one: try again
+    return None
+
+
+def _wait(ppp, timeout_ms):
+    """None once the link is up, else the reason it is not (a negotiation still under way is "timeout")."""
     start = time.ticks_ms()
     while not ppp.isconnected():
         st = ppp.status()
@@ -94,7 +108,9 @@ def _dial(network, ppp, user, key, timeout_ms):
 
 def connect_network(ssid=None, password=None, timeout_s=20, retries=3):
     """Bring the PPP link up; idempotent. ssid and password are the PAP user and password when the peer
-    asks for them (a cellular APN's), else None. Raises NetworkError with the last failure's reason."""
+    asks for them (a cellular APN's), else None. A negotiation still under way (a peer that does not answer
+    yet) is waited for, never torn down: lwIP gives it up by itself (10 configure requests, 3 s apart), and the
+    dial after that starts afresh. Raises NetworkError with the last failure's reason."""
     network = _hw("network")
     ppp = _link()
     if ppp.isconnected():
@@ -103,11 +119,14 @@ def connect_network(ssid=None, password=None, timeout_s=20, retries=3):
     for attempt in range(max(retries, 1)):
         if attempt:
             station.pause(attempt - 1, BACKOFF_MS)
-        _forget(ppp)
-        reason = _dial(network, ppp, ssid, password, int(timeout_s * 1000))
+        if ppp.status() != _CONNECTING:
+            _forget(ppp)
+            reason = _dial(network, ppp, ssid, password)
+            if reason is not None:
+                continue
+        reason = _wait(ppp, int(timeout_s * 1000))
         if reason is None:
             return
-    _forget(ppp)
     raise NetworkError(reason)
 
 

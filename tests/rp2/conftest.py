@@ -56,5 +56,18 @@ def run_mp(pico_image, tmp_path_factory, tmp_path):
     return run
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    # A failed session test shows what the board printed since its last boot (a timeout from pytest-timeout
+    # otherwise shows only the host's threads). Since a boot: provisioning's raw-REPL traffic, which carries
+    # the device's key, comes before the reset that boots main.py.
+    rep = yield
+    pico = item.funcargs.get("pico") if rep.when == "call" and rep.failed else None
+    if isinstance(pico, pico_mod.Pico):
+        text = pico.console()[pico.last_boot:].decode(errors="replace").replace("\r\n", "\n")
+        rep.sections.append(("the board's console since its last boot", text[-4000:]))
+    return rep
+
+
 def pytest_collection_modifyitems(config, items):
     deselect_mpy_variants(config, items, pathlib.Path(__file__).resolve().parent)

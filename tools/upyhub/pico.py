@@ -137,6 +137,7 @@ class Pico:
         self._calls = queue.Queue()
         self._client = False
         self.boots = 0
+        self.last_boot = 0  # console offset where the latest boot's output starts
 
     # --- start and stop ---
     def start(self, timeout=30):
@@ -515,6 +516,7 @@ class Pico:
                 self.boots += 1
                 with self._console_lock:
                     ev["console"] = len(self._console)  # where this boot's output starts (USB comes up after)
+                self.last_boot = ev["console"]
             self.events.put(ev)
 
     def _answer_ntp(self):

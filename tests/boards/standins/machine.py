@@ -78,7 +78,7 @@ class UART:
             raise ValueError("UART(%d) doesn't exist" % id)
         if flow & ~(UART.CTS | UART.RTS):
             raise ValueError("bad hardware flow control mask")
-        self.args = {"id": id, "baudrate": baudrate, "rxbuf": rxbuf, "flow": flow}
+        self.args = {"id": id, "baudrate": baudrate, "rxbuf": rxbuf, "txbuf": txbuf, "flow": flow}
         UARTS.append(self.args)
 
     # A stream (network.PPP requires one); nothing arrives on it.

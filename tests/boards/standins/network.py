@@ -107,7 +107,12 @@ class WLAN:
 
 _PPP_ERRORS = {"link-down": 6, "auth-failed": 7, "protocol": 8, "peer-gone": 9}  # lwIP's PPPERR_*
 _PPP_INACTIVE, _PPP_ACTIVE, _PPP_ERROR, _PPP_CONNECTING, _PPP_CONNECTED = 0, 1, 2, 3, 4
-_links = []  # every PPP made, for drop()
+_links = []  # every PPP made, for drop() and answer()
+# lwIP has one PPP control block (MEMP_NUM_PPP_PCB). MicroPython 1.25 loses it for good when a link being
+# negotiated or up is closed or freed (__del__, disconnect): every later connect() raises "pppos_create failed"
+# (seen on the rp2 image). PCBS counts the blocks left; LEAKED how many were lost.
+PCBS = [1]
+LEAKED = [0]
 
 
 def drop(outcome="peer-gone"):
@@ -115,6 +120,13 @@ def drop(outcome="peer-gone"):
     for link in _links:
         if link.isconnected():
             link._state, link._err = _PPP_ERROR, _PPP_ERRORS[outcome]
+
+
+def answer():
+    """The peer that stayed silent answers now (a modem back after a reset): negotiations under way complete."""
+    for link in _links:
+        if link._state == _PPP_CONNECTING and link._outcome == "silent":
+            link._outcome, link._since = "ok", time.ticks_add(time.ticks_ms(), -JOIN_MS)
 
 
 class PPP:
@@ -140,13 +152,17 @@ class PPP:
                 self._state, self._err = _PPP_ERROR, _PPP_ERRORS[self._outcome]
 
     def connect(self, *, security=0, user=None, key=None):
-        outcome = SCENARIO.pop(0) if SCENARIO else "ok"
-        LOG.append(("connect", security, user, key))
         self._settle()
         if self._state == _PPP_INACTIVE:
+            if not PCBS[0]:
+                LOG.append(("connect-failed",))
+                raise OSError("pppos_create failed")
+            PCBS[0] -= 1
             self._state = _PPP_ACTIVE  # pppos_create
         if self._state in (_PPP_CONNECTING, _PPP_CONNECTED):
             raise OSError(114)  # EALREADY
+        outcome = SCENARIO.pop(0) if SCENARIO else "ok"
+        LOG.append(("connect", security, user, key))
         if security not in (PPP.SEC_NONE, PPP.SEC_PAP, PPP.SEC_CHAP):
             raise ValueError("invalid auth")
         if security != PPP.SEC_NONE and not (isinstance(user, str) and isinstance(key, str)):
@@ -163,11 +179,19 @@ class PPP:
         self._settle()
         return self._state == _PPP_CONNECTED
 
+    def _release(self):
+        self._settle()
+        if self._state in (_PPP_CONNECTING, _PPP_CONNECTED):
+            LEAKED[0] += 1  # the block is gone: state inactive, lwIP still holds it
+        elif self._state != _PPP_INACTIVE:
+            PCBS[0] += 1
+        self._state, self._err, self._outcome = _PPP_INACTIVE, 0, None
+
     def disconnect(self):
         LOG.append(("disconnect",))
         if self._state in (_PPP_CONNECTING, _PPP_CONNECTED):
-            self._state = _PPP_INACTIVE  # LCP terminate, then lwIP frees the state (PPPERR_USER)
+            self._release()
 
     def __del__(self):
         LOG.append(("del",))
-        self._state, self._err, self._outcome = _PPP_INACTIVE, 0, None  # ppp_close(nocarrier) + ppp_free
+        self._release()
