@@ -11,7 +11,7 @@ import pathlib
 import subprocess
 import time
 
-from upyhub.mpr import WALK
+from upyhub.mpr import HEAP_CAP, HEAP_FREE, WALK
 
 CHUNK = 12288  # bytes of a file per raw-REPL command
 
@@ -26,21 +26,6 @@ except OSError:
 print(json.dumps(None if _all is None else {p: "" if p.endswith("/") else _h(p) for p in _all}))
 """
 
-HEAP_CAP = """
-import gc
-gc.collect()
-_room = bytearray(%d - 32)  # the heap the code will have, in one piece (32: the object itself, rounding)
-_ballast, _n = [], gc.mem_free()
-while _n >= 64:  # then everything else: the largest pieces that fit first
-    try:
-        _ballast.append(bytearray(_n - 32))
-        _n = gc.mem_free()
-    except MemoryError:
-        _n //= 2
-_room = None
-gc.collect()
-"""
-HEAP_FREE = "_ballast = None\nimport gc\ngc.collect()"
 
 
 class BoardError(Exception):

@@ -34,6 +34,25 @@ def _walk(p, out):
             out.append(q)
 """
 
+# Board-side: hold the free heap to %d bytes in one piece, as a board of that size has it (the unix port's
+# -X heapsize): everything beyond is taken by ballast, the largest pieces first, kept in `_ballast`
+# (HEAP_FREE gives it back). In boot.py it holds for main.py too: both run in one set of globals.
+HEAP_CAP = """
+import gc
+gc.collect()
+_room = bytearray(%d - 32)  # the heap the code will have, in one piece (32: the object itself, rounding)
+_ballast, _n = [], gc.mem_free()
+while _n >= 64:  # then everything else: the largest pieces that fit first
+    try:
+        _ballast.append(bytearray(_n - 32))
+        _n = gc.mem_free()
+    except MemoryError:
+        _n //= 2
+_room = None
+gc.collect()
+"""
+HEAP_FREE = "_ballast = None\nimport gc\ngc.collect()"
+
 # Board-side: is the device package frozen into the firmware? Its modules then have no file (__file__ is
 # relative). Only frozen code runs to find out: sys.path holds nothing but the frozen modules meanwhile.
 FROZEN = r"""

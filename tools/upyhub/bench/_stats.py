@@ -39,8 +39,8 @@ def spread(values, fmt="%.1f"):
     return "%s (%s..%s)" % (fmt % statistics.median(values), fmt % min(values), fmt % max(values))
 
 
-def table(title, unit, results, fmt="%.1f", label=34):
-    """min / median / max per side."""
+def table(title, unit, results, fmt="%.1f", label=34, runs=RUNS):
+    """min / median / max per side (a side with fewer than `runs` values says how many it has)."""
     if title:
         print(title)
     print("  %-*s %10s %10s %10s  %s" % (label, "", "min", "median", "max", unit))
@@ -49,7 +49,7 @@ def table(title, unit, results, fmt="%.1f", label=34):
             print("  %-*s %10s %10s %10s  every run failed" % (label, name, "-", "-", "-"))
             continue
         print("  %-*s %10s %10s %10s%s" % (label, name, fmt % min(values), fmt % statistics.median(values),
-                                           fmt % max(values), "" if len(values) == RUNS else
+                                           fmt % max(values), "" if len(values) == runs else
                                            "  (%d runs measured)" % len(values)))
 
 
