@@ -324,7 +324,7 @@ def run_pico(image, *, device_id=None, hub_data=".upyhub", link=None, out=None, 
                   % (", ".join(map(str, ports)), ppplink.HOST_ALIAS))
         deadline = info.get("handshake_timeout", 5)
         if deadline < PICO_HANDSHAKE_S:
-            out.write("sim: warning: the hub drops a TLS handshake after %g s; the emulated Pico needs 10-30 s of wall "
+            out.write("sim: warning: the hub drops a TLS handshake after %g s; the emulated Pico needs 5-30 s of wall "
                       "time for one (1.6 s of its own): serve the hub with --handshake-timeout %d\n"
                       % (deadline, PICO_HANDSHAKE_S))
         start = 0
