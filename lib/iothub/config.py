@@ -260,27 +260,6 @@ def load(root):
         if a is not None:
             cfg["hostname"], cfg["device_id"] = a
     cfg, secrets = check(cfg, secrets if secrets is not None else {})
-    if cfg["outbox"] == "flash":
-        room = _room(root, cfg["outbox_dir"])
-        if room is not None and cfg["outbox_kb"] * 1024 > room:
-            raise ConfigError(["config.json: outbox_kb is %d KB, more than the flash has for it (%d KB free)"
-                               % (cfg["outbox_kb"], room // 1024)])
     return cfg, secrets
 
 
-def _room(root, name):
-    # Bytes the outbox can have: what is free on the filesystem plus what it already holds.
-    import os
-
-    try:
-        st = os.statvfs(root or "/")
-    except (OSError, AttributeError):
-        return None
-    room = st[0] * st[3]
-    try:
-        d = root + "/" + name
-        for n in os.listdir(d):
-            room += os.stat(d + "/" + n)[6]
-    except OSError:
-        pass
-    return room

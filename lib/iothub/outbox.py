@@ -78,6 +78,7 @@ class Outbox:
         self.dropped = 0  # messages dropped because the outbox was full
         self.depth = 0  # messages not yet acknowledged
         self.bytes = 0  # size of the segment files
+        self.room = None  # bytes it could hold at boot (free flash + its segments; None: the port cannot tell)
         self._segs = []  # [number, size, first unacked offset, records pending]
         self._last = 0  # the highest segment number used: numbers are never reused while running, so a
         #                cursor left in a removed segment can never point into a new one of that number

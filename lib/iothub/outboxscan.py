@@ -25,6 +25,17 @@ def load(ob):
             ob._segs.append(seg)
             ob.depth += seg[3]
             ob.bytes += seg[1]
+    free = _free(ob.dir)
+    ob.room = None if free is None else free + ob.bytes  # what it can grow to: the flash's free space + its own
+
+
+def _free(path):
+    # Bytes free on the filesystem that holds path; None where the port cannot tell.
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return st[0] * st[3]
 
 
 def _scan(ob, n):

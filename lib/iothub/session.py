@@ -95,14 +95,23 @@ class Session:
         self.connects = 0
         self.inbound_dropped = 0  # messages from the hub skipped (too large, no memory, unreadable)
         self.outbox = None
+        self.outbox_problem = None  # why telemetry is kept in RAM although config.json asks for flash (reported)
         if cfg["outbox"] == "flash":
             from iothub.outbox import Outbox
 
             try:
-                self.outbox = Outbox(self.root + "/" + cfg["outbox_dir"], cfg["outbox_kb"] * 1024,
-                                     full=cfg["outbox_full"], ack_every=cfg["inflight"], log=log)
-            except OSError as e:  # read-only or full flash: the device still works, without durability
-                log("outbox: the flash cannot hold it (%s): telemetry is kept in RAM only" % _why(e))
+                ob = Outbox(self.root + "/" + cfg["outbox_dir"], cfg["outbox_kb"] * 1024, full=cfg["outbox_full"],
+                            ack_every=cfg["inflight"], log=log)
+                if ob.room is None or ob.room >= ob.max_bytes:
+                    self.outbox = ob
+                else:  # what it holds stays on flash for a boot with room (nothing is open yet: no write)
+                    self.outbox_problem = "outbox_kb is %d KB, more than the flash has for it (%d KB free)" % (
+                        cfg["outbox_kb"], ob.room // 1024)
+            except OSError as e:
+                self.outbox_problem = "the flash cannot hold it (%s)" % _why(e)
+            ob = None
+            if self.outbox_problem:  # a read-only or full flash: the device still works, not durably
+                log("outbox: %s: telemetry is kept in RAM only" % self.outbox_problem)
         if self.outbox is None:
             from iothub.outboxram import RamOutbox
 
@@ -345,7 +354,7 @@ class Session:
         self._roots_due = time.ticks_add(time.ticks_ms(), 0 if self.roots.expiring else DAY_MS)
         # the backlog this connection starts with, and what was dropped so far
         self.report({"inboundDropped": self.inbound_dropped, "outboxDropped": self.outbox.dropped,
-                     "outboxDepth": self.outbox.depth})
+                     "outboxDepth": self.outbox.depth, "outboxProblem": self.outbox_problem})
         self._health[0] = self.inbound_dropped + self.outbox.dropped
 
     def _duties(self, now):

@@ -1,10 +1,12 @@
-"""A staged root set that fails its TLS trials on a flash that cannot record them: mounted read-only,
-or full. The session (lib/iothub) runs on the unix port with its certificates on a real littlefs
-image, against the local hub over TLS. The trials are counted in RAM as well, so the bad set is
-given up after 3 attempts and the device connects with its working active set; the flash's
-refusal is logged once, by name."""
+"""Flash that cannot be written: the session (lib/iothub) on the unix port, its files on a real littlefs image,
+against the local hub over TLS. A staged root set that fails its TLS trials on a flash that cannot record them
+(mounted read-only, or full): the trials are counted in RAM as well, so the bad set is given up after 3 attempts
+and the device connects with its working active set; the flash's refusal is logged once, by name. A flash too
+full for the outbox: the board still connects and sends, its telemetry queued in RAM."""
 import os
+import re
 import subprocess
+import time
 
 import pytest
 
@@ -99,3 +101,82 @@ def test_bad_staged_set_is_given_up_without_flash_writes(hub, tmp_path, pki, fau
     assert len(recorded) == 1, log  # said once, by name
     assert "staged set seq 2 discarded: it failed 3 TLS attempts" in log
     assert "Traceback" not in log
+
+
+FILL_AFTER_CONFIG = IMAGE + """
+import json
+mount("VfsLfs2", %r, mkfs=True)
+for name, doc in (("config.json", %r), ("secrets.json", %r)):
+    with open("/flash/" + name, "w") as f:
+        f.write(json.dumps(doc))
+from iothub import certstore
+certstore.Store("/flash/certs").install_active(open(%r, "rb").read())
+n = 0
+try:
+    with open("/flash/junk", "wb") as f:
+        while True:
+            f.write(bytes(512))
+            n += 1
+except OSError:
+    pass
+import os
+print("free", os.statvfs("/flash")[0] * os.statvfs("/flash")[3])
+"""
+
+BOOT = IMAGE + """
+mount("VfsLfs2", %r)
+from iothub import config
+cfg, secrets = config.load("/flash")  # as main.py boots
+from iothub.session import Session
+import time
+s = Session(cfg, secrets, root="/flash")
+n, due = 0, time.ticks_ms()
+while True:
+    if time.ticks_diff(time.ticks_ms(), due) >= 0:
+        n += 1
+        s.send({"n": n})
+        due = time.ticks_add(due, 500)
+    s.poll(50)
+"""
+
+
+def test_a_flash_too_full_for_the_outbox_never_keeps_the_board_off_the_hub(hub, tmp_path):
+    # A flash with no room for the outbox boots, connects and sends with a RAM queue, says so in one line and
+    # in the twin (it was a config error once: the board never connected, so nothing could fix it remotely).
+    key = hub.add_device("full-1")
+    (tmp_path / "ca.pem").write_bytes(hub.ca_pem)
+    img = tmp_path / "flash.img"
+    img.write_bytes(b"\xff" * 512 * 64)
+    cfg = {"hostname": hub.hostname, "device_id": "full-1", "gateway": hub.host, "port": hub.mqtt_port}
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(ROOT / "lib"), str(ROOT / "build" / "umqtt")]))
+    p = subprocess.run([MP, "-c", FILL_AFTER_CONFIG % (str(img), cfg, {"device_key": key}, str(tmp_path / "ca.pem"))],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("free "), p.stdout + p.stderr
+    free_kb = int(p.stdout.split()[1]) // 1024
+
+    proc = subprocess.Popen([MP, "-c", BOOT % str(img)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if "iothub: connected to" in line or len(lines) > 200:
+                break
+        deadline = time.monotonic() + 60
+        while len(hub.service.telemetry("full-1")) < 2 or "outboxProblem" not in reported(hub, "full-1"):
+            assert time.monotonic() < deadline and proc.poll() is None, "\n".join(lines)
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    said = [m.group(1) for m in map(re.compile(r"iothub: outbox: (.*): telemetry is kept in RAM only$").match, lines)
+            if m]
+    assert len(said) == 1, lines  # one line
+    m = re.fullmatch(r"outbox_kb is 64 KB, more than the flash has for it \((\d+) KB free\)", said[0])
+    assert m and int(m.group(1)) <= free_kb, said
+    assert reported(hub, "full-1")["outboxProblem"] == said[0]
+    assert "Traceback" not in "\n".join(lines)
+
+
+def reported(hub, device_id):
+    return hub.service.get_twin(device_id)["properties"]["reported"]

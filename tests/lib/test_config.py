@@ -91,8 +91,9 @@ def test_files_too_large_to_read_are_config_lines_not_memory_errors(run_mp, tmp_
                         "secrets.json: %d bytes, more than the 2048 this firmware reads" % sizes[1]]
 
 
-def test_outbox_larger_than_the_flash_is_a_config_line(run_mp, tmp_path):
-    # A 64 KB littlefs cannot give the outbox 512 KB: one line at boot, not a full flash later.
+def test_outbox_larger_than_the_flash_is_not_a_config_error(run_mp, tmp_path):
+    # A 64 KB littlefs cannot give the outbox 512 KB: the board still boots (the session then queues in RAM
+    # and says so: tests/firmware/test_roots_flash_faults.py): a board that never connects cannot be fixed remotely.
     from flashimage import IMAGE
 
     img = tmp_path / "f.img"
@@ -105,23 +106,15 @@ for name, doc in (("config.json", %r), ("secrets.json", %r)):
     with open("/flash/" + name, "w") as f:
         f.write(json.dumps(doc))
 from iothub import config
-out = []
-for kb in (512, 16):
-    c = dict(json.load(open("/flash/config.json")), outbox_kb=kb)
-    with open("/flash/config.json", "w") as f:
-        f.write(json.dumps(c))
-    try:
-        config.load("/flash")
-        out.append("ok")
-    except config.ConfigError as e:
-        out.append(e.problems)
-print(json.dumps(out))
+c = dict(json.load(open("/flash/config.json")), outbox_kb=512)
+with open("/flash/config.json", "w") as f:
+    f.write(json.dumps(c))
+cfg, secrets = config.load("/flash")
+print(json.dumps(cfg["outbox_kb"]))
 """ % (str(img), GOOD, {"device_key": key})
     p = run_mp(code, mpy=True)
     assert p.returncode == 0, p.stderr
-    big, small = json.loads(p.stdout)
-    assert len(big) == 1 and big[0].startswith("config.json: outbox_kb is 512 KB, more than the flash has for it (")
-    assert small == "ok"
+    assert json.loads(p.stdout) == 512
 
 
 def test_dps_and_token_service_settings(run_mp, tmp_path):
