@@ -13,7 +13,7 @@ from onchip import *  # noqa: F401,F403  (tests/lib's protocol tests for every b
 from rawboard import check_heap_cap
 from test_config import (  # noqa: F401  (and what this board's network stack and flash allow besides)
     test_dps_and_token_service_settings,
-    test_outbox_larger_than_the_flash_is_a_config_line,
+    test_outbox_larger_than_the_flash_is_not_a_config_error,
 )
 from test_outbox import (  # noqa: F401
     test_full_drops_the_oldest_or_refuses,
