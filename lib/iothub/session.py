@@ -244,8 +244,12 @@ class Session:
         self._next_try = time.ticks_add(time.ticks_ms(), d)
 
     def _connect(self):
-        from iothub import connect  # loaded only to connect (with sas, TLS and umqtt)
-
+        try:
+            from iothub import connect  # loaded only to connect (with sas, TLS and umqtt)
+        except MemoryError:  # its code needs a block of the heap too: counted like any other step
+            transport._unload("connect")
+            self._no_memory("not enough memory to load the code that connects")
+            return
         try:
             c, expiry, self._sub_pid = connect.dial(self.cfg, self._key, self.roots, self._state, self.net,
                                                     self.set_clock, self.log)
