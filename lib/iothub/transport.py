@@ -49,21 +49,46 @@ def reserve(room=None):
 def keep_room():
     # A TLS session has ended (or a handshake failed, or the roots were just parsed at boot): hold
     # the buffers' room for the next one. One block if the heap has it (the buffers are allocated one
-    # after the other and fill it from its start), else one per buffer.
+    # after the other and fill it from its start), else one per buffer, each as large as will fit.
     if _room[1] and not _room[0]:
-        import io
-
         gc.collect()
-        try:
-            _room[0].append(io.BytesIO(sum(_room[1])))  # preallocated: MicroPython's BytesIO(size)
+        b = _block(sum(_room[1]), True)
+        if b is not None:
+            _room[0].append(b)
             return
-        except MemoryError:
-            pass
         for n in _room[1]:
-            try:
-                _room[0].append(io.BytesIO(n))
-            except MemoryError:
-                pass
+            b = _block(n)
+            if b is not None:
+                _room[0].append(b)
+
+
+def _block(n, whole=False):
+    # A block of n bytes (MicroPython's BytesIO(size) preallocates), else of the largest size down to
+    # n // 2 that fits: a record buffer put in a block of the room leaves a hole a little smaller than
+    # that block once something small has taken the rest, and the next buffer fits that hole, not a
+    # block of the old size (found on the RP2040 model: the room was lost at the second token renewal
+    # and the handshake after it failed for want of 16 KB in one piece).
+    import io
+
+    try:
+        return io.BytesIO(n)
+    except MemoryError:
+        gc.collect()  # the object made before its buffer could not be: a block that would be in the way
+        if whole:
+            return None
+    lo, hi, best = n // 32, n // 16 - 1, 0  # in 16-byte units, as the heap allocates
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        try:
+            io.BytesIO(mid * 16).close()
+            best, lo = mid, mid + 1
+        except MemoryError:
+            hi = mid - 1
+        gc.collect()  # the trial's object and buffer: the next trial finds the heap as it was
+    try:
+        return io.BytesIO(best * 16) if best else None
+    except MemoryError:
+        return None
 
 
 def _free_room():
@@ -85,12 +110,15 @@ def _unload(*names):
 
 
 def why(e):
-    # iothub.reason.of(e), loaded only while a failure is described.
+    # iothub.reason.of(e), loaded only while a failure is described; its name alone when the heap has no
+    # room for that (a failure must never be what crashes the app).
     try:
         from iothub import reason
 
         return reason.of(e)
     except ImportError:
         return str(e)
+    except MemoryError:
+        return type(e).__name__
     finally:
         _unload("reason")
