@@ -45,10 +45,8 @@ if %r:  # fill what is left: data blocks, then the metadata small files would go
 print("ok")
 """
 
-RUN = IMAGE + """
-mount("VfsLfs2", %r, readonly=%r)
-from iothub import config
-cfg, secrets = config.check(%r, %r)
+# The session on the flash, a reading every 0.5 s (after code that mounts it and sets cfg and secrets).
+SESSION = """
 from iothub.session import Session
 import time
 s = Session(cfg, secrets, root="/flash")
@@ -60,6 +58,12 @@ while True:
         due = time.ticks_add(due, 500)
     s.poll(50)
 """
+
+RUN = IMAGE + """
+mount("VfsLfs2", %r, readonly=%r)
+from iothub import config
+cfg, secrets = config.check(%r, %r)
+""" + SESSION
 
 
 @pytest.mark.parametrize("fault", ["read-only", "full"])
@@ -127,17 +131,7 @@ BOOT = IMAGE + """
 mount("VfsLfs2", %r)
 from iothub import config
 cfg, secrets = config.load("/flash")  # as main.py boots
-from iothub.session import Session
-import time
-s = Session(cfg, secrets, root="/flash")
-n, due = 0, time.ticks_ms()
-while True:
-    if time.ticks_diff(time.ticks_ms(), due) >= 0:
-        n += 1
-        s.send({"n": n})
-        due = time.ticks_add(due, 500)
-    s.poll(50)
-"""
+""" + SESSION
 
 
 def test_a_flash_too_full_for_the_outbox_never_keeps_the_board_off_the_hub(hub, tmp_path):
