@@ -14,25 +14,32 @@ from certhelpers import sha
 from flashimage import IMAGE
 from fwtools import ROOT
 
-pytestmark = pytest.mark.slow
-
-MP = str(ROOT / "build" / "micropython")
-
-PREPARE = IMAGE + """
-mount("VfsLfs2", %r, mkfs=True)
-from iothub import certstore
-s = certstore.Store("/flash/certs")
-s.install_active(open(%r, "rb").read())
-s.stage(open(%r, "rb").read(), %r)
-if %r:  # fill what is left: data blocks, then the metadata small files would go into
+# Board-side: write /flash/junk until the littlefs has no data block left; -> the 512-byte writes it took.
+FILL_DATA = """
+def fill_data():
     n = 0
     try:
         with open("/flash/junk", "wb") as f:
             while True:
                 f.write(bytes(512))
                 n += 1
-    except OSError as e:
+    except OSError:
         pass
+    return n
+"""
+
+pytestmark = pytest.mark.slow
+
+MP = str(ROOT / "build" / "micropython")
+
+PREPARE = IMAGE + FILL_DATA + """
+mount("VfsLfs2", %r, mkfs=True)
+from iothub import certstore
+s = certstore.Store("/flash/certs")
+s.install_active(open(%r, "rb").read())
+s.stage(open(%r, "rb").read(), %r)
+if %r:  # fill what is left: data blocks, then the metadata small files would go into
+    n = fill_data()
     for d in ("/flash", "/flash/certs"):  # littlefs keeps small files inline, in each folder's metadata
         try:
             while True:
@@ -107,7 +114,7 @@ def test_bad_staged_set_is_given_up_without_flash_writes(hub, tmp_path, pki, fau
     assert "Traceback" not in log
 
 
-FILL_AFTER_CONFIG = IMAGE + """
+FILL_AFTER_CONFIG = IMAGE + FILL_DATA + """
 import json
 mount("VfsLfs2", %r, mkfs=True)
 for name, doc in (("config.json", %r), ("secrets.json", %r)):
@@ -115,14 +122,7 @@ for name, doc in (("config.json", %r), ("secrets.json", %r)):
         f.write(json.dumps(doc))
 from iothub import certstore
 certstore.Store("/flash/certs").install_active(open(%r, "rb").read())
-n = 0
-try:
-    with open("/flash/junk", "wb") as f:
-        while True:
-            f.write(bytes(512))
-            n += 1
-except OSError:
-    pass
+fill_data()
 import os
 print("free", os.statvfs("/flash")[0] * os.statvfs("/flash")[3])
 """

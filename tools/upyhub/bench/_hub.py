@@ -5,16 +5,16 @@ import sys
 import time
 
 
-def start(data, port=0, what="bench", https_port=0):
-    """Init `data` (once) and serve it; returns (process, serve.json as a dict). Exits with the hub's
-    last lines if it does not come up (a busy port, usually)."""
+def start(data, port=0, what="bench", https_port=0, extra=()):
+    """Init `data` (once) and serve it (`extra`: more `hub serve` options); returns (process, serve.json as a
+    dict). Exits with the hub's last lines if it does not come up (a busy port, usually)."""
     if not (data / "pki").exists():
         subprocess.run([sys.executable, "-m", "upyhub", "hub", "init", "--data", str(data)], check=True,
                        capture_output=True, timeout=120)
     (data / "serve.json").unlink(missing_ok=True)
     log = open(data.parent / ("%s-hub.log" % data.name), "a")
     proc = subprocess.Popen([sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(data), "--bind",
-                             "127.0.0.1", "--port", str(port), "--https-port", str(https_port)], stdout=log,
+                             "127.0.0.1", "--port", str(port), "--https-port", str(https_port)] + list(extra), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 90
     while not (data / "serve.json").exists():

@@ -26,7 +26,6 @@ main.py starts with, held in one piece by upyhub.mpr.HEAP_CAP appended to its bo
 deterministic: one search); model: -X heapsize, which also holds what boots before main.py.
 The chip's cycles are its own work at its own speed, whatever the host's: PPP and lwIP handling the handshake's
 bytes included, waits (WFE) not. Its host wall times are what emulating it costs."""
-import json
 import os
 import re
 import shutil
@@ -42,7 +41,7 @@ from mpremote.transport import TransportError
 from mpremote.transport_serial import SerialTransport
 
 from upyhub import mpr, paths, pico, ppplink, sas, sim
-from upyhub.bench import _stats
+from upyhub.bench import _hub, _stats
 
 RUNS = 3
 N = 50
@@ -114,25 +113,6 @@ def _wait(cond, timeout, what):
         if time.monotonic() > deadline:
             raise _stats.Failed("no %s within %d s" % (what, timeout))
         time.sleep(0.25)
-
-
-def _serve(data):
-    """`upyhub hub serve` with the TLS deadline the emulated chip needs; (process, serve.json)."""
-    subprocess.run([sys.executable, "-m", "upyhub", "hub", "init", "--data", str(data)], check=True,
-                   capture_output=True, timeout=120)
-    with open(data.parent / "hub.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "upyhub", "hub", "serve", "--data", str(data), "--bind",
-                                 "127.0.0.1", "--port", "0", "--https-port", "0", "--handshake-timeout",
-                                 str(sim.PICO_HANDSHAKE_S)], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    deadline = time.monotonic() + 90
-    while not (data / "serve.json").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            sim.stop(proc)
-            raise SystemExit("bench pico: the local hub did not start:\n%s"
-                             % (data.parent / "hub.log").read_text()[-800:])
-        time.sleep(0.1)
-    return proc, json.loads((data / "serve.json").read_text())
 
 
 class Round:
@@ -367,7 +347,8 @@ def run():
     tmp = Path(tempfile.mkdtemp(prefix="upyhub-bench-pico-"))
     proc = None
     try:
-        proc, info = _serve(tmp / "hub")
+        # the TLS deadline the emulated chip needs
+        proc, info = _hub.start(tmp / "hub", what="bench pico", extra=("--handshake-timeout", str(sim.PICO_HANDSHAKE_S)))
         b = Bench(tmp, tmp / "hub", info)
         got = _stats.interleaved("pico", [("chip", b.chip), ("model", b.model)], runs=RUNS, fmt="%s")
         peaks = {}
